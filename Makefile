@@ -1,0 +1,53 @@
+# ITEM pipeline. `make help` lists the targets.
+PYTHON ?= python3
+DATA ?= data
+PROFILE ?=
+INPUTS ?=
+# Run the CLI from this checkout (not whichever checkout was pip-installed last).
+ITEM = PYTHONPATH=$(CURDIR) $(PYTHON) -m pipeline.cli
+OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
+OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
+
+.PHONY: help install demo test lint ingest caption ground embed distance fit evaluate status clean-demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## install the package and its dependencies (torch from the registry, uncapped)
+	$(PYTHON) -m pip install -e '.[dev]'
+
+demo: ## synthetic images through every stage with the tiny profile (offline, random weights)
+	$(OFFLINE) $(ITEM) demo --data-dir $(DATA)
+
+test: ## run the test suite (offline)
+	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q
+
+lint: ## ruff
+	$(PYTHON) -m ruff check pipeline stages tests
+
+ingest: ## add images to the manifest: make ingest INPUTS="path/to/folder list.csv"
+	$(ITEM) ingest $(INPUTS) $(OPTS)
+
+caption: ## caption every ingested image
+	$(ITEM) caption $(OPTS)
+
+ground: ## ground the caption's objects
+	$(ITEM) ground $(OPTS)
+
+embed: ## CLIP embeddings of images, captions, crops and phrases
+	$(ITEM) embed $(OPTS)
+
+distance: ## misalignment vectors D_g, D_l (Eq. 3-7)
+	$(ITEM) distance $(OPTS)
+
+fit: ## train the head on cached distance rows
+	$(ITEM) fit $(OPTS)
+
+evaluate: ## ACC and AP of the latest head
+	$(ITEM) evaluate $(OPTS)
+
+status: ## rows ok / error / missing per stage
+	$(ITEM) status $(OPTS)
+
+clean-demo: ## remove the demo's generated images and outputs from $(DATA)
+	rm -rf $(DATA)/raw/demo $(DATA)/manifest $(DATA)/sources $(DATA)/features $(DATA)/models $(DATA)/reports

@@ -1,0 +1,265 @@
+"""Typed, frozen configuration: one dataclass per stage, profiles, params.yaml, fingerprints.
+
+A stage's fingerprint is a short hash of its resolved configuration, its code version and the
+fingerprints of its input stages. Everything that changes a result is in the stage config;
+everything that only changes speed (device, batch sizes, chunk size, workers) is in RuntimeConfig
+and never enters a fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.registry import Registry
+
+DTYPES = ("float32", "bfloat16", "float16")
+TINY_PREFIX = "tiny/"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not allowed."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How files become manifest rows."""
+
+    max_image_pixels: int = 89_478_485  # Pillow's default decompression-bomb limit
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test when no split is given
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels <= 0:
+            raise ConfigError("ingest.max_image_pixels must be positive")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ConfigError("ingest.split_fractions must be three fractions (train, val, test) summing to 1")
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """Captioner. `model` is a hub id, a local directory, or `tiny/...` (random small model)."""
+
+    backend: str = "blip2"  # blip2 | column (use the manifest's caption column)
+    model: str = "Salesforce/blip2-opt-2.7b"
+    revision: str | None = None
+    dtype: str = "bfloat16"
+    prompt: str | None = None  # None: unconditional captioning, as in the paper
+    max_new_tokens: int = 30
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    seed: int = 0  # random init of tiny models
+
+    def __post_init__(self) -> None:
+        _check_dtype(self.dtype, "caption")
+        if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError("caption: need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+
+
+@dataclass(frozen=True)
+class GroundConfig:
+    """Open-vocabulary detector prompted with the caption."""
+
+    backend: str = "transformers"  # transformers | groundingdino-py
+    model: str = "IDEA-Research/grounding-dino-base"
+    revision: str | None = None
+    dtype: str = "float32"
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    max_objects: int = 16  # keep the highest-scoring objects
+    shortest_edge: int = 800
+    longest_edge: int = 1333
+    text_encoder: str | None = None  # groundingdino-py only: BERT hub id or local directory
+    config_file: str | None = None  # groundingdino-py only: its model config (.py)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_dtype(self.dtype, "ground")
+        for name in ("box_threshold", "text_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"ground.{name} must be in [0, 1]")
+        if self.max_objects < 1:
+            raise ConfigError("ground.max_objects must be >= 1")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """CLIP encoder (open_clip). `pretrained`: an open_clip tag, a .safetensors file, or "none" (random)."""
+
+    model: str = "ViT-L-14-quickgelu"  # OpenAI weights use QuickGELU
+    pretrained: str = "openai"
+    dtype: str = "bfloat16"
+    image_crop: str = "center"  # center: crop the image's centre (paper); resize_center: open_clip's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_dtype(self.dtype, "embed")
+        if self.image_crop not in ("center", "resize_center"):
+            raise ConfigError("embed.image_crop must be 'center' or 'resize_center'")
+
+
+@dataclass(frozen=True)
+class DistanceConfig:
+    """Eq. 3-7 have no knobs; the weights w1, w2 of Eq. 8 belong to the head (fit)."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The paper's head: a two-layer MLP on D = w1*D_g + w2*D_l, cross-entropy, AdamW."""
+
+    head: str = "mlp"
+    features: str = "both"  # both | global | local
+    w1: float = 1.0
+    w2: float = 1.0
+    hidden_dim: int = 512
+    epochs: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 256
+    seed: int = 0
+    train_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.head != "mlp":
+            raise ConfigError(f"fit.head {self.head!r} is not available (known: mlp)")
+        if self.features not in ("both", "global", "local"):
+            raise ConfigError("fit.features must be both, global or local")
+        if self.epochs < 1 or self.batch_size < 1 or self.hidden_dim < 1:
+            raise ConfigError("fit.epochs, fit.batch_size and fit.hidden_dim must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Which split the evaluation reads (falls back to val when the split is empty)."""
+
+    split: str = "test"
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Speed-only settings; never part of a fingerprint."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    chunk_size: int = 256  # rows per part file
+    batch_size: int = 16  # images per model call
+    loader_threads: int = 2  # threads decoding images
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.batch_size < 1 or self.loader_threads < 1:
+            raise ConfigError("runtime.chunk_size, batch_size and loader_threads must be >= 1")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "ingest": IngestConfig,
+    "caption": CaptionConfig,
+    "ground": GroundConfig,
+    "embed": EmbedConfig,
+    "distance": DistanceConfig,
+    "fit": FitConfig,
+    "evaluate": EvaluateConfig,
+}
+
+C = TypeVar("C")
+
+
+def _check_dtype(dtype: str, stage: str) -> None:
+    if dtype not in DTYPES:
+        raise ConfigError(f"{stage}.dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def from_dict(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
+    """Build a config dataclass from a dict; unknown keys are an error, None means the default."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad value in {where}: {e}") from e
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+PROFILES: Registry[dict[str, dict[str, Any]]] = Registry("profile")
+
+PROFILES.register("paper")({})  # the dataclass defaults are the paper's settings
+
+PROFILES.register("tiny")(
+    {
+        "caption": {"model": "tiny/blip2", "dtype": "float32", "max_new_tokens": 8, "min_new_tokens": 3},
+        "ground": {
+            "model": "tiny/grounding-dino",
+            "dtype": "float32",
+            "box_threshold": 0.0,
+            "text_threshold": 0.0,
+            "max_objects": 4,
+            "shortest_edge": 224,
+            "longest_edge": 320,
+        },
+        "embed": {"model": "tiny/clip", "pretrained": "none", "dtype": "float32"},
+        "fit": {"hidden_dim": 64},
+    }
+)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Resolved configuration of every stage plus runtime settings."""
+
+    profile: str
+    stages: dict[str, Any]
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def stage(self, name: str) -> Any:
+        return self.stages[name]
+
+
+def resolve(profile: str | None = None, params: dict[str, Any] | None = None,
+            runtime: dict[str, Any] | None = None) -> PipelineConfig:
+    """Defaults <- profile <- params (params.yaml sections) <- runtime overrides (CLI flags).
+
+    Args:
+        profile: profile name; falls back to params["profile"], then "paper".
+        params: the parsed params.yaml (keys: profile, runtime, and one section per stage).
+        runtime: runtime overrides from the command line (None values ignored).
+    """
+    params = dict(params or {})
+    name = profile or params.pop("profile", None) or "paper"
+    params.pop("profile", None)
+    overrides = PROFILES.get(name)
+    unknown = sorted(set(params) - set(STAGE_CONFIGS) - {"runtime", "data_dir"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) in params: {', '.join(unknown)}")
+    stages = {}
+    for stage, cls in STAGE_CONFIGS.items():
+        merged = {**overrides.get(stage, {}), **(params.get(stage) or {})}
+        stages[stage] = from_dict(cls, merged, f"{stage} (profile {name})")
+    rt = {**(params.get("runtime") or {}), **{k: v for k, v in (runtime or {}).items() if v is not None}}
+    return PipelineConfig(profile=name, stages=stages, runtime=from_dict(RuntimeConfig, rt, "runtime"))
+
+
+def load_params(path: str | Path | None) -> dict[str, Any]:
+    """Read params.yaml (an absent file is an empty dict)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data

@@ -1,0 +1,137 @@
+"""Decoding image files into RGB, safely, with one documented rule for every odd case.
+
+The format is decided from the bytes (Pillow's content sniffing), never from the extension.
+Rules, applied in this order:
+1. The file must be identified by Pillow from its content; otherwise the error names the cause.
+2. Decompression bombs: above `max_pixels` pixels the file is rejected (Pillow's warning is raised
+   as an error, so nothing between the warning and the hard limit slips through).
+3. Multi-frame files (animated GIF/APNG/WebP, multi-page TIFF): the first frame is used.
+4. The first frame is fully decoded; truncated or corrupt data is an error, never a partial image.
+5. EXIF orientation is applied, so boxes and crops refer to the image as a viewer shows it.
+6. Conversion to 8-bit RGB: 16-bit and 32-bit integer images are scaled by their bit depth,
+   float images (PFM) are clipped to [0, 1]; CMYK and LAB are converted by Pillow; an alpha
+   channel (or palette transparency) is composited onto white.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+# Pillow's own default; configurable per run through IngestConfig.max_image_pixels.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot become an RGB image; `str(err)` is the readable reason for the error row."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ingest records of a decodable file."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    n_frames: int
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
+    """Decode file bytes into an RGB image following the module's rules.
+
+    Raises:
+        ImageDecodeError: with a readable reason (empty, not an image, bomb, truncated, ...).
+    """
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    # Pillow's limit is a module global; set it for this call (stage runs decode in one config).
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's per-file chatter (odd tags, EXIF) is not an error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            info = ImageInfo(img.format or "unknown", img.width, img.height, img.mode, getattr(img, "n_frames", 1))
+            _check_size(img, max_pixels)
+            img.load()  # a freshly opened file sits on its first frame
+            rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(_unidentified_reason(data)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"decompression bomb: {e}") from None
+    except MemoryError:
+        raise ImageDecodeError("decompression bomb: out of memory while decoding") from None
+    except OSError as e:
+        if "cannot find loader" in str(e):
+            raise ImageDecodeError(f"unsupported format {info.format}: {e} (Pillow has no decoder for it here)") from None
+        raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
+    except Exception as e:  # any decoder failure is this file's problem, reported on its row
+        raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
+    return rgb, info
+
+
+# Containers Pillow cannot open without a plugin, recognised by their leading bytes.
+_NEEDS_PLUGIN = {
+    b"heic": "HEIF/HEIC", b"heix": "HEIF/HEIC", b"hevc": "HEIF/HEIC", b"mif1": "HEIF", b"msf1": "HEIF",
+}
+
+
+def _unidentified_reason(data: bytes) -> str:
+    if data[4:8] == b"ftyp" and data[8:12] in _NEEDS_PLUGIN:
+        return f"unsupported format {_NEEDS_PLUGIN[data[8:12]]}: needs the pillow-heif plugin (pip install pillow-heif)"
+    return "not an image: Pillow cannot identify the format from the bytes"
+
+
+def _check_size(img: Image.Image, max_pixels: int) -> None:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"invalid dimensions {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(f"decompression bomb: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        return _scale_to_l(img).convert("RGB")
+    if mode == "LAB":
+        return ImageCms.applyTransform(
+            img, ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        )
+    if mode == "P" and "transparency" in img.info or mode in ("PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _scale_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float single-channel image -> 8-bit L by its value range."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        scaled = np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0
+    else:
+        top = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+        scaled = np.clip(arr.astype(np.float64), 0, top) * (255.0 / top)
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read a file and decode it to RGB (same rules as `decode`)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read file: {type(e).__name__}: {e.strerror or e}") from None
+    return decode(data, max_pixels)[0]

@@ -1,0 +1,28 @@
+"""Model backends behind registries: captioners, grounders and the CLIP encoder.
+
+Each backend loads lazily from a hub id, a local directory, or (names starting with `tiny/`) a
+small configuration with seeded random weights, built offline. torch and transformers are imported
+inside these modules only.
+"""
+
+from __future__ import annotations
+
+from pipeline.registry import Registry
+
+CAPTIONERS: Registry[type] = Registry("captioner")
+GROUNDERS: Registry[type] = Registry("grounder")
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is the first GPU when torch sees one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

@@ -1,0 +1,122 @@
+"""The CLIP encoder (open_clip) and its preprocessing, from one factory so they cannot drift."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import TINY_PREFIX, EmbedConfig
+from pipeline.models import resolve_device, torch_dtype
+
+log = logging.getLogger(__name__)
+
+TINY_CLIP_NAME = "item-tiny-clip"
+
+
+def embed_dim(cfg: EmbedConfig) -> int:
+    """Width of the joint embedding space, read from the model config without building it."""
+    from pipeline.models.tiny import CLIP_CONFIG
+
+    if cfg.model.startswith(TINY_PREFIX):
+        return int(CLIP_CONFIG["embed_dim"])
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(cfg.model)
+    if model_cfg is None:
+        raise ValueError(f"open_clip has no model config {cfg.model!r}")
+    return int(model_cfg["embed_dim"])
+
+
+def _register_tiny() -> str:
+    import open_clip
+    from open_clip.factory import _MODEL_CONFIGS
+
+    from pipeline.models.tiny import CLIP_CONFIG
+
+    if TINY_CLIP_NAME not in _MODEL_CONFIGS:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"{TINY_CLIP_NAME}.json"
+            path.write_text(json.dumps(CLIP_CONFIG))
+            open_clip.add_model_config(path)
+    return TINY_CLIP_NAME
+
+
+class ClipEncoder:
+    """open_clip model, tokenizer and the two image transforms the embed stage uses.
+
+    `image_transform` prepares the whole image: a centre crop at the model's input size (the
+    paper's choice; images smaller than that are first upscaled so their short side fits), or
+    open_clip's resize-then-crop. `crop_transform` prepares object crops: resize the short side to
+    the input size, then centre-crop (open_clip's own preprocessing), since crops come in any size.
+    """
+
+    def __init__(self, cfg: EmbedConfig, device: str = "auto") -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device)
+
+    @cached_property
+    def _loaded(self) -> tuple[Any, Any, Any]:
+        import open_clip
+        import torch
+
+        name = self.cfg.model
+        pretrained = None if self.cfg.pretrained == "none" else self.cfg.pretrained
+        if name.startswith(TINY_PREFIX):
+            name = _register_tiny()
+            torch.manual_seed(self.cfg.seed)
+        else:
+            log.info("loading open_clip %s (%s)", name, pretrained)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        model = model.to(device=self.device, dtype=torch_dtype(self.cfg.dtype)).eval()
+        return model, preprocess, open_clip.get_tokenizer(name)
+
+    def load(self) -> None:
+        _ = self._loaded
+
+    @property
+    def input_size(self) -> int:
+        size = self._loaded[0].visual.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @cached_property
+    def image_transform(self):
+        from torchvision import transforms as T
+
+        _, preprocess, _ = self._loaded
+        if self.cfg.image_crop == "resize_center":
+            return preprocess
+        size = self.input_size
+        normalize = [t for t in preprocess.transforms if isinstance(t, T.Normalize)][0]
+
+        def upscale_small(img):
+            if min(img.size) >= size:
+                return img
+            return T.functional.resize(img, size, interpolation=T.InterpolationMode.BICUBIC)
+
+        return T.Compose([T.Lambda(upscale_small), T.CenterCrop(size), T.ToTensor(), normalize])
+
+    @property
+    def crop_transform(self):
+        return self._loaded[1]
+
+    def encode_images(self, batch) -> Any:
+        """Raw (unnormalised) image embeddings, float32 on the CPU."""
+        import torch
+
+        model = self._loaded[0]
+        with torch.inference_mode():
+            out = model.encode_image(batch.to(self.device, dtype=next(model.parameters()).dtype))
+        return out.float().cpu()
+
+    def encode_texts(self, texts: list[str]) -> Any:
+        """Raw (unnormalised) text embeddings, float32 on the CPU."""
+        import torch
+
+        model, _, tokenizer = self._loaded
+        with torch.inference_mode():
+            out = model.encode_text(tokenizer(texts).to(self.device))
+        return out.float().cpu()

@@ -1,0 +1,134 @@
+"""Grounders: (image, caption) -> objects named by the caption, each (phrase, box, score).
+
+Rules shared by every backend: the prompt is the caption lower-cased and ending with "." (as
+Grounding DINO expects); boxes are clipped to the image and given in pixels (x0, y0, x1, y1) of the
+EXIF-oriented image; objects whose phrase is empty (no caption token above text_threshold) are
+dropped; the `max_objects` highest-scoring objects are kept, in descending score.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+from pipeline.config import TINY_PREFIX, GroundConfig
+from pipeline.models import GROUNDERS, resolve_device, torch_dtype
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]  # {"phrase": str, "box": [x0, y0, x1, y1], "score": float}
+
+
+def prompt_of(caption: str) -> str:
+    text = " ".join(caption.strip().lower().split())
+    return text if text.endswith(".") else text + "."
+
+
+def clean_phrase(phrase: str) -> str:
+    for special in ("[CLS]", "[SEP]", "[PAD]"):
+        phrase = phrase.replace(special, " ")
+    return " ".join(phrase.split()).strip(" .")
+
+
+def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> list[Obj]:
+    """Apply the shared rules: drop empty phrases, clip boxes, keep the best `max_objects`."""
+    kept = []
+    for obj in objects:
+        phrase = clean_phrase(obj["phrase"])
+        if not phrase:
+            continue
+        x0, y0, x1, y1 = obj["box"]
+        box = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+        kept.append({"phrase": phrase, "box": [float(v) for v in box], "score": float(obj["score"])})
+    kept.sort(key=lambda o: -o["score"])
+    return kept[:max_objects]
+
+
+@GROUNDERS.register("transformers")
+class TransformersGroundingDino:
+    """Grounding DINO through transformers (`GroundingDinoForObjectDetection`), batched.
+
+    Args:
+        cfg: the ground stage config (`model`: hub id, local directory or `tiny/grounding-dino`).
+        device: torch device string.
+    """
+
+    def __init__(self, cfg: GroundConfig, device: str = "auto") -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device)
+
+    @cached_property
+    def _loaded(self) -> tuple[Any, Any]:
+        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+        dtype = torch_dtype(self.cfg.dtype)
+        if self.cfg.model.startswith(TINY_PREFIX):
+            model, processor = tiny_grounding_dino(self.cfg.seed)
+        else:
+            log.info("loading Grounding DINO %s (revision %s)", self.cfg.model, self.cfg.revision or "default")
+            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+            model = GroundingDinoForObjectDetection.from_pretrained(
+                self.cfg.model, revision=self.cfg.revision, dtype=dtype, use_safetensors=True
+            )
+        processor.image_processor.size = {"shortest_edge": self.cfg.shortest_edge, "longest_edge": self.cfg.longest_edge}
+        return model.to(device=self.device, dtype=dtype).eval(), processor
+
+    def load(self) -> None:
+        _ = self._loaded
+
+    def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
+        import torch
+
+        model, processor = self._loaded
+        inputs = processor(images=images, text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+        with torch.inference_mode():
+            outputs = model(**inputs)
+        sizes = [(im.height, im.width) for im in images]
+        results = processor.post_process_grounded_object_detection(
+            outputs, input_ids=inputs["input_ids"], threshold=self.cfg.box_threshold,
+            text_threshold=self.cfg.text_threshold, target_sizes=sizes,
+        )
+        out = []
+        for r, (h, w) in zip(results, sizes, strict=True):
+            objects = [
+                {"phrase": p, "box": b, "score": s}
+                for p, b, s in zip(r["text_labels"], r["boxes"].float().tolist(), r["scores"].float().tolist(), strict=True)
+            ]
+            out.append(finish(objects, w, h, self.cfg.max_objects))
+        return out
+
+
+def tiny_grounding_dino(seed: int):
+    """A small Grounding DINO (Swin + BERT, random seeded weights) and its processor, built offline."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    from pipeline.models.tiny import bert_vocab
+
+    # transformers 5 ignores `vocab_file=` here; `vocab=` (a dict) is honoured.
+    tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
+    backbone = SwinConfig(image_size=224, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                          window_size=7, mlp_ratio=2.0, out_indices=[2, 3, 4])
+    text = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=256, pad_token_id=0)
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_n_points=2, decoder_n_points=2, num_feature_levels=4, num_queries=50, max_text_len=256,
+        dropout=0.0, fusion_droppath=0.0,
+    )
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer)
+    return model, processor

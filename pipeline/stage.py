@@ -1,0 +1,298 @@
+"""The stage base: resume by keys, chunking, error rows, batching with isolation, atomic writes.
+
+A concrete stage declares its name, its inputs (the first one drives: its rows are the work), its
+config class and how to turn a batch of input rows into output rows. Everything else is here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import PipelineConfig, as_dict
+from pipeline.executors import Executor, InProcessExecutor
+from pipeline.keys import short_hash
+from pipeline.schemas import STATUS_ERROR, STATUS_OK
+from pipeline.store import PartDir, Store
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest"
+
+
+class SystemicError(RuntimeError):
+    """Every row of a batch failed the same way: a model or code problem, not bad input. Stops the run."""
+
+
+@dataclass
+class RunStats:
+    """What one run of a stage did."""
+
+    stage: str
+    fingerprint: str
+    todo: int = 0
+    ok: int = 0
+    error: int = 0
+    parts: int = 0
+    seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ChunkResult) -> None:
+        self.ok += other.ok
+        self.error += other.error
+        self.parts += 1 if other.written else 0
+        for reason, n in other.errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+
+    @property
+    def computed(self) -> int:
+        return self.ok + self.error
+
+
+@dataclass
+class ChunkResult:
+    ok: int = 0
+    error: int = 0
+    written: bool = False
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+STAGE_NAMES = ("ingest", "caption", "ground", "embed", "distance")
+
+
+def error_reason_kind(error: str | None) -> str:
+    """The group an error is counted in: its leading kind, with the stage it came from if upstream.
+
+    "corrupt or truncated image: OSError: ..." -> "corrupt or truncated image";
+    "ingest: not an image: Pillow ..." -> "ingest: not an image".
+    """
+    if not error:
+        return "unknown"
+    head, _, rest = error.partition(":")
+    if head in STAGE_NAMES and rest:
+        return f"{head}: {rest.strip().split(':', 1)[0].strip()}"
+    return head.strip()
+
+
+class Stage(ABC):
+    """A pipeline step with a fingerprinted output directory.
+
+    Args:
+        config: the resolved pipeline configuration.
+        store: where inputs are read and outputs written.
+    """
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]] = ()
+    version: ClassVar[int] = 1  # bump when the computation changes: a new fingerprint
+
+    def __init__(self, config: PipelineConfig, store: Store) -> None:
+        self.pipeline = config
+        self.cfg = config.stage(self.name)
+        self.runtime = config.runtime
+        self.store = store
+
+    @property
+    def fingerprint(self) -> str:
+        return short_hash(_json(self.identity()))
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines this stage's results (hashed into the fingerprint)."""
+        from stages import get_stage_class
+
+        upstream = {
+            name: get_stage_class(name)(self.pipeline, self.store).fingerprint for name in self.inputs if name != MANIFEST
+        }
+        return {"stage": self.name, "version": self.version, "config": as_dict(self.cfg), "inputs": upstream}
+
+    @abstractmethod
+    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
+            progress: Callable[[int], None] | None = None) -> RunStats: ...
+
+
+class FeatureStage(Stage):
+    """A stage whose output is one row per image under features/<name>/<fingerprint>/.
+
+    Subclasses set `inputs` (the first is the driver), `driver_columns`, `lookup_columns` (small
+    columns of the other inputs, joined by image_id), and implement `schema` and `process`.
+    """
+
+    driver_columns: ClassVar[tuple[str, ...]] = ()
+    lookup_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @property
+    @abstractmethod
+    def schema(self) -> pa.Schema: ...
+
+    @abstractmethod
+    def process(self, batch: pa.Table) -> list[dict[str, Any]] | pa.Table:
+        """Turn input rows (all with status ok upstream) into output rows, one per input row.
+
+        A row the stage cannot compute (an undecodable image) is returned with status "error" and a
+        reason. An exception escaping here fails the batch: the base retries halves to isolate it.
+        """
+
+    def setup(self) -> None:
+        """Load what the stage needs (models) before its first chunk; a failure here stops the run."""
+
+    @property
+    def output(self) -> PartDir:
+        return self.store.features(self.name, self.fingerprint, self.schema)
+
+    def input_dir(self, name: str) -> PartDir:
+        if name == MANIFEST:
+            return self.store.manifest
+        from stages import get_stage_class
+
+        upstream = get_stage_class(name)(self.pipeline, self.store)
+        return self.store.features(name, upstream.fingerprint, None)
+
+    def todo(self, ids: Iterable[str] | None = None) -> list[str]:
+        """Driver ids without a row in the output, in driver order (optionally only `ids`)."""
+        driver = self.input_dir(self.inputs[0]).key_table().column("image_id")
+        done = self.store.features(self.name, self.fingerprint).key_table().column("image_id")
+        mask = pc.invert(pc.is_in(driver, value_set=done))
+        if ids is not None:
+            mask = pc.and_(mask, pc.is_in(driver, value_set=pa.array(list(ids), pa.string())))
+        return list(dict.fromkeys(driver.filter(mask).to_pylist()))
+
+    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
+            progress: Callable[[int], None] | None = None) -> RunStats:
+        start = time.perf_counter()
+        fp = self.fingerprint
+        stats = RunStats(self.name, fp)
+        todo = self.todo(ids)
+        stats.todo = len(todo)
+        if not todo:
+            log.info("%s [%s]: nothing to compute", self.name, fp)
+            stats.seconds = time.perf_counter() - start
+            return stats
+        out = self.output
+        out.write_config(self.identity())
+        log.info("%s [%s]: %d image(s) to compute", self.name, fp, len(todo))
+        executor = executor or InProcessExecutor()
+        for result in executor.map(self.run_chunk, self.chunks(set(todo))):
+            stats.add(result)
+            if progress is not None:
+                progress(result.ok + result.error)
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def chunks(self, todo: set[str]) -> Iterator[pa.Table]:
+        """Driver rows of `todo`, with the lookup columns of the other inputs joined in."""
+        driver_cols = ["image_id", "status", "error", *self.driver_columns]
+        lookups = {
+            name: self.input_dir(name).read(["image_id", "status", "error", *cols], ids=todo)
+            for name, cols in self.lookup_columns.items()
+        }
+        for chunk in self.input_dir(self.inputs[0]).iter_rows(driver_cols, todo, self.runtime.chunk_size):
+            yield self._join(chunk, lookups)
+
+    def _join(self, chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
+        """Prefix each input's status columns with its name and join the lookups by image_id (inner).
+
+        Done by index, not Arrow's hash join, which refuses list columns such as `objects`.
+        """
+        chunk = _prefix_status(chunk, self.inputs[0])
+        for name, table in lookups.items():
+            index = {k: i for i, k in enumerate(table.column("image_id").to_pylist())}
+            rows = [index.get(k) for k in chunk.column("image_id").to_pylist()]
+            present = [i for i, r in enumerate(rows) if r is not None]
+            chunk = chunk.take(pa.array(present, pa.int64()))
+            looked_up = _prefix_status(table.drop_columns(["image_id"]), name).take(
+                pa.array([rows[i] for i in present], pa.int64())
+            )
+            for field_, column in zip(looked_up.schema, looked_up.columns, strict=True):
+                chunk = chunk.append_column(field_, column)
+        return chunk
+
+    def run_chunk(self, chunk: pa.Table) -> ChunkResult:
+        """Compute one chunk and write it as one part file (what an executor's worker runs)."""
+        self.setup()
+        rows: list[dict[str, Any]] = []
+        ok_idx = []
+        for i, row in enumerate(chunk.select(["image_id", *self._status_columns(chunk)]).to_pylist()):
+            reason = self._upstream_error(row)
+            if reason is None:
+                ok_idx.append(i)
+            else:
+                rows.append({"image_id": row["image_id"], "status": STATUS_ERROR, "error": reason})
+        good = chunk.take(pa.array(ok_idx, pa.int64()))
+        out = [self._rows_table(rows)] if rows else []
+        for start in range(0, good.num_rows, self.batch_size):
+            out.append(self._process_isolated(good.slice(start, self.batch_size)))
+        table = pa.concat_tables(out) if out else self.schema.empty_table()
+        written = self.output.write(table, metadata=self.identity())
+        status = table.column("status").to_pylist()
+        errors: dict[str, int] = {}
+        for s, e in zip(status, table.column("error").to_pylist(), strict=True):
+            if s == STATUS_ERROR:
+                kind = error_reason_kind(e)
+                errors[kind] = errors.get(kind, 0) + 1
+        n_err = sum(errors.values())
+        return ChunkResult(ok=len(status) - n_err, error=n_err, written=written is not None, errors=errors)
+
+    @property
+    def batch_size(self) -> int:
+        return self.runtime.batch_size
+
+    @staticmethod
+    def _status_columns(chunk: pa.Table) -> list[str]:
+        return [c for c in chunk.column_names if c.endswith(".status") or c.endswith(".error")]
+
+    @staticmethod
+    def _upstream_error(row: dict[str, Any]) -> str | None:
+        """The error an upstream row carries, prefixed once with the stage it arose in."""
+        for key, value in row.items():
+            if key.endswith(".status") and value != STATUS_OK:
+                stage = key[: -len(".status")]
+                origin = "ingest" if stage == MANIFEST else stage
+                reason = row.get(f"{stage}.error") or "unknown error"
+                return reason if reason.split(":", 1)[0] in STAGE_NAMES else f"{origin}: {reason}"
+        return None
+
+    def _process_isolated(self, batch: pa.Table) -> pa.Table:
+        """Run `process`; when the batch raises, split it to find the failing rows (they get error rows)."""
+        try:
+            result = self.process(batch)
+        except Exception as e:
+            if batch.num_rows == 1:
+                log.debug("%s failed on %s", self.name, batch.column("image_id")[0], exc_info=True)
+                return self._rows_table([self._exception_row(batch.column("image_id")[0].as_py(), e)])
+            mid = batch.num_rows // 2
+            halves = [self._process_isolated(batch.slice(0, mid)), self._process_isolated(batch.slice(mid))]
+            merged = pa.concat_tables(halves)
+            if batch.num_rows >= 4 and pc.all(pc.equal(merged.column("status"), STATUS_ERROR)).as_py():
+                raise SystemicError(f"{self.name}: every row of a batch of {batch.num_rows} failed: "
+                                    f"{type(e).__name__}: {e}") from e
+            return merged
+        table = result if isinstance(result, pa.Table) else self._rows_table(result)
+        if table.num_rows != batch.num_rows:
+            raise SystemicError(f"{self.name}.process returned {table.num_rows} rows for {batch.num_rows}")
+        return table
+
+    def _exception_row(self, image_id: str, e: Exception) -> dict[str, Any]:
+        return {"image_id": image_id, "status": STATUS_ERROR, "error": f"model error: {type(e).__name__}: {e}"}
+
+    def _rows_table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        for row in rows:
+            row.setdefault("status", STATUS_OK)
+            row.setdefault("error", None)
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def _prefix_status(table: pa.Table, name: str) -> pa.Table:
+    return table.rename_columns([f"{name}.{c}" if c in ("status", "error") else c for c in table.column_names])
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,89 @@
+"""embed: (I, T) = CLIP(x, p) (Eq. 2) for the whole image and caption, and for each object crop
+and its phrase. Raw, unnormalised embeddings are stored; normalisation belongs to Eq. 3-7."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import schemas
+from pipeline.imageio import ImageDecodeError
+from pipeline.stage import FeatureStage
+from stages import STAGES
+from stages._images import load_images
+
+
+def crop_box(image, box: list[float]):
+    """The object crop: the box rounded outward to whole pixels, clamped to the image, at least 1x1."""
+    w, h = image.size
+    x0 = min(max(int(np.floor(box[0])), 0), w - 1)
+    y0 = min(max(int(np.floor(box[1])), 0), h - 1)
+    x1 = max(min(int(np.ceil(box[2])), w), x0 + 1)
+    y1 = max(min(int(np.ceil(box[3])), h), y0 + 1)
+    return image.crop((x0, y0, x1, y1))
+
+
+@STAGES.register("embed")
+class EmbedStage(FeatureStage):
+    name = "embed"
+    inputs = ("ground", "caption", "manifest")
+    driver_columns = ("objects",)
+    lookup_columns = {"caption": ("caption",), "manifest": ("path",)}
+
+    @cached_property
+    def encoder(self):
+        from pipeline.models.clip import ClipEncoder
+
+        return ClipEncoder(self.cfg, self.runtime.device)
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        from pipeline.models.clip import embed_dim
+
+        return schemas.embed_schema(embed_dim(self.cfg))
+
+    def setup(self) -> None:
+        self.encoder.load()
+
+    def process(self, batch: pa.Table) -> list[dict[str, Any]]:
+        import torch
+
+        rows = batch.select(["image_id", "caption", "objects"]).to_pylist()
+        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        tensors, texts, owners = [], [], []
+        out: list[dict[str, Any]] = []
+        for k, (row, image) in enumerate(zip(rows, images, strict=True)):
+            if isinstance(image, ImageDecodeError):
+                out.append({"image_id": row["image_id"], "status": schemas.STATUS_ERROR, "error": str(image)})
+                continue
+            out.append({"image_id": row["image_id"]})
+            objects = row["objects"] or []
+            tensors.append(self.encoder.image_transform(image))
+            texts.append(row["caption"])
+            owners.append((k, -1))
+            for j, obj in enumerate(objects):
+                tensors.append(self.encoder.crop_transform(crop_box(image, obj["box"])))
+                texts.append(obj["phrase"])
+                owners.append((k, j))
+        if tensors:
+            image_emb = self._batched(lambda s: self.encoder.encode_images(torch.stack(tensors[s])), len(tensors))
+            text_emb = self._batched(lambda s: self.encoder.encode_texts(texts[s]), len(texts))
+            for k, row in enumerate(out):
+                if "status" not in row:
+                    row.update(object_image_embeds=[], object_text_embeds=[])
+            for (k, j), ie, te in zip(owners, image_emb, text_emb, strict=True):
+                if j < 0:
+                    out[k].update(image_embed=ie, text_embed=te)
+                else:
+                    out[k]["object_image_embeds"].append(ie)
+                    out[k]["object_text_embeds"].append(te)
+        return out
+
+    def _batched(self, encode, n: int) -> np.ndarray:
+        """Encode `n` items in model batches of runtime.batch_size; rows of float32."""
+        size = self.runtime.batch_size
+        parts = [encode(slice(i, i + size)).numpy() for i in range(0, n, size)]
+        return np.concatenate(parts).astype(np.float32)

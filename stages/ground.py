@@ -1,0 +1,44 @@
+"""ground: {(x_i, p_i)} = ObjectDetector(x, p) (Eq. 5), with the caption as the text prompt."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import schemas
+from pipeline.imageio import ImageDecodeError
+from pipeline.stage import FeatureStage
+from stages import STAGES
+from stages._images import load_images
+
+
+@STAGES.register("ground")
+class GroundStage(FeatureStage):
+    name = "ground"
+    inputs = ("caption", "manifest")
+    driver_columns = ("caption",)
+    lookup_columns = {"manifest": ("path",)}
+    schema = schemas.GROUND
+
+    @cached_property
+    def grounder(self):
+        from pipeline.models import GROUNDERS
+        from pipeline.models import grounders  # noqa: F401  (registers the backends)
+
+        return GROUNDERS.get(self.cfg.backend)(self.cfg, self.runtime.device)
+
+    def setup(self) -> None:
+        self.grounder.load()
+
+    def process(self, batch: pa.Table) -> list[dict[str, Any]]:
+        ids = batch.column("image_id").to_pylist()
+        captions = batch.column("caption").to_pylist()
+        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
+        found = self.grounder.ground([images[k] for k in good], [captions[k] for k in good]) if good else []
+        rows = [{"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)]
+        for k, objects in zip(good, found, strict=True):
+            rows[k] = {"image_id": ids[k], "objects": objects}
+        return rows

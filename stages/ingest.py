@@ -1,0 +1,221 @@
+"""ingest: folders and CSV/Parquet lists -> manifest rows keyed by the sha256 of each file.
+
+Folder rules: files are found recursively; a `0_real` or `1_fake` folder on the path gives the
+label; the first folder under the dataset root gives `generator` (the root's own name when the
+class folders sit directly under it); a `train`, `val` or `test` folder gives `split`. Lists
+(CSV/Parquet) have a `path` column (relative paths are relative to the list file) and optional
+`label`, `generator`, `split`, `dataset` and `caption` columns. Images with no split get a
+deterministic one from their image_id.
+
+Every file gets exactly one outcome: a manifest row (status ok, or error with the reason) for a
+new image, or, for bytes already in the manifest, only a `sources` row naming the extra path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.executors import Executor
+from pipeline.imageio import ImageDecodeError, decode
+from pipeline.keys import image_id_of_bytes
+from pipeline.schemas import MANIFEST, SOURCES, STATUS_ERROR, STATUS_OK
+from pipeline.stage import RunStats, Stage
+from stages import STAGES
+
+log = logging.getLogger(__name__)
+
+LABEL_DIRS = {"0_real": 0, "1_fake": 1}
+SPLIT_DIRS = ("train", "val", "test")
+LABEL_WORDS = {"0": 0, "1": 1, "real": 0, "fake": 1}
+LIST_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to ingest and what its location or list row says about it."""
+
+    path: str
+    label: int | None = None
+    generator: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+    caption: str | None = None
+
+
+def sources_from_folder(root: Path, dataset: str | None = None) -> Iterator[Source]:
+    """Every file under `root` (sorted, hidden files skipped) with label/generator/split from its folders."""
+    root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            parts = path.relative_to(root).parts[:-1]
+            label = next((LABEL_DIRS[p] for p in parts if p in LABEL_DIRS), None)
+            split = next((p for p in parts if p in SPLIT_DIRS), None)
+            first = parts[0] if parts else None
+            generator = root.name if first is None or first in LABEL_DIRS or first in SPLIT_DIRS else first
+            yield Source(str(path), label, generator, dataset or root.name, split)
+
+
+def sources_from_list(path: Path, dataset: str | None = None) -> Iterator[Source]:
+    """Rows of a CSV or Parquet list; relative paths are resolved against the list's folder."""
+    import polars as pl
+
+    frame = pl.read_csv(path, infer_schema=False) if path.suffix == ".csv" else pl.read_parquet(path)
+    if "path" not in frame.columns:
+        raise ValueError(f"{path}: a list needs a 'path' column (has: {', '.join(frame.columns)})")
+    base = path.resolve().parent
+    for row in frame.iter_rows(named=True):
+        p = Path(str(row["path"]))
+        label = _parse_label(row.get("label"), path)
+        yield Source(
+            str(p if p.is_absolute() else (base / p).resolve()),
+            label,
+            _str_or_none(row.get("generator")),
+            _str_or_none(row.get("dataset")) or dataset or path.stem,
+            _str_or_none(row.get("split")),
+            _str_or_none(row.get("caption")),
+        )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None or str(value).strip() == "" else str(value)
+
+
+def _parse_label(value: Any, where: Path) -> int | None:
+    if value is None or str(value).strip() == "":
+        return None
+    key = str(value).strip().lower()
+    if key not in LABEL_WORDS:
+        raise ValueError(f"{where}: label {value!r} is not one of 0, 1, real, fake")
+    return LABEL_WORDS[key]
+
+
+def discover(inputs: Iterable[str | Path], dataset: str | None = None) -> Iterator[Source]:
+    """Sources from folders, list files and single image files."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sources_from_folder(path, dataset)
+        elif path.suffix.lower() in LIST_SUFFIXES:
+            yield from sources_from_list(path, dataset)
+        elif path.exists():
+            yield Source(str(path.resolve()), dataset=dataset or path.parent.name)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+
+
+def derived_split(image_id: str, fractions: tuple[float, float, float]) -> str:
+    """A deterministic split from the id's leading 32 bits (same id, same split, on any machine)."""
+    u = int(image_id[:8], 16) / 0x1_0000_0000
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
+
+
+@STAGES.register("ingest")
+class IngestStage(Stage):
+    """Hash, probe and record files; a re-run skips files already seen with the same size and mtime."""
+
+    name = "ingest"
+
+    def __init__(self, *args: Any, inputs: Iterable[str | Path] = (), dataset: str | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.paths = list(inputs)
+        self.dataset = dataset
+
+    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
+            progress: Callable[[int], None] | None = None) -> RunStats:
+        start = time.perf_counter()
+        stats = RunStats(self.name, "manifest")
+        seen = self._seen_files()
+        known_ids = self.store.manifest.ids()
+        todo = [s for s in discover(self.paths, self.dataset) if not self._unchanged(s, seen)]
+        todo = list({s.path: s for s in todo}.values())  # a path listed twice is one file
+        stats.todo = len(todo)
+        if not todo:
+            log.info("ingest: nothing new to ingest")
+        chunk = self.runtime.chunk_size
+        with ThreadPoolExecutor(self.runtime.loader_threads) as pool:
+            for i in range(0, len(todo), chunk):
+                probed = list(pool.map(self._probe, todo[i : i + chunk]))
+                manifest_rows = []
+                for source, row in probed:
+                    if row["image_id"] not in known_ids:
+                        known_ids.add(row["image_id"])
+                        manifest_rows.append(row)
+                        if row["status"] == STATUS_OK:
+                            stats.ok += 1
+                        else:
+                            stats.error += 1
+                            kind = row["error"].split(":", 1)[0]
+                            stats.errors[kind] = stats.errors.get(kind, 0) + 1
+                # Manifest first: a kill between the two writes only costs re-hashing those files.
+                if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
+                    stats.parts += 1
+                self.store.sources.write(pa.Table.from_pylist([self._source_row(s, r) for s, r in probed],
+                                                              schema=SOURCES))
+                if progress is not None:
+                    progress(len(probed))
+        stats.seconds = time.perf_counter() - start
+        duplicates = stats.todo - stats.ok - stats.error
+        if duplicates:
+            log.info("ingest: %d file(s) repeat bytes already in the manifest (recorded in sources/)", duplicates)
+        return stats
+
+    def _seen_files(self) -> dict[str, tuple[int, int]]:
+        table = self.store.sources.read(["path", "n_bytes", "mtime_ns"])
+        return {p: (n, m) for p, n, m in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)}
+
+    @staticmethod
+    def _unchanged(source: Source, seen: dict[str, tuple[int, int]]) -> bool:
+        if source.path not in seen:
+            return False
+        try:
+            st = os.stat(source.path)
+        except OSError:
+            return False
+        return seen[source.path] == (st.st_size, st.st_mtime_ns)
+
+    def _probe(self, source: Source) -> tuple[Source, dict[str, Any]]:
+        row: dict[str, Any] = {
+            "path": source.path, "label": source.label, "generator": source.generator, "dataset": source.dataset,
+            "split": source.split, "caption": source.caption, "status": STATUS_OK, "error": None,
+        }
+        try:
+            with open(source.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except OSError as e:
+            # No bytes, no content key: the id is derived from the path so the failure still has a row.
+            row.update(image_id=image_id_of_bytes(f"unreadable:{source.path}".encode()), status=STATUS_ERROR,
+                       error=f"cannot read file: {type(e).__name__}: {e.strerror or e}", n_bytes=None)
+            row["_stat"] = (None, None)
+            return source, row
+        row.update(image_id=image_id_of_bytes(data), n_bytes=len(data))
+        row["_stat"] = (st.st_size, st.st_mtime_ns)
+        try:
+            _, info = decode(data, self.cfg.max_image_pixels)
+            row.update(width=info.width, height=info.height, format=info.format)
+        except ImageDecodeError as e:
+            row.update(status=STATUS_ERROR, error=str(e))
+        if row["split"] is None:
+            row["split"] = derived_split(row["image_id"], self.cfg.split_fractions)
+        return source, row
+
+    @staticmethod
+    def _source_row(source: Source, row: dict[str, Any]) -> dict[str, Any]:
+        size, mtime = row["_stat"]
+        return {"path": source.path, "image_id": row["image_id"], "n_bytes": size, "mtime_ns": mtime,
+                "label": source.label, "generator": source.generator, "dataset": source.dataset}
