@@ -25,7 +25,7 @@ class GroundStage(FeatureStage):
     @cached_property
     def grounder(self):
         from pipeline.models import GROUNDERS
-        from pipeline.models import grounders  # noqa: F401  (registers the backends)
+        from pipeline.models import grounders, groundingdino_py  # noqa: F401  (register the backends)
 
         return GROUNDERS.get(self.cfg.backend)(self.cfg, self.runtime.device)
 

@@ -1,0 +1,69 @@
+"""Typed configuration, profiles, params overrides and fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import PROFILES, CaptionConfig, ConfigError, from_dict, load_params, resolve
+from pipeline.runner import make_stage
+from pipeline.store import Store
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="max_tokens"):
+        from_dict(CaptionConfig, {"max_tokens": 3}, "caption")
+
+
+def test_none_means_default():
+    assert from_dict(CaptionConfig, {"model": None}, "caption").model == CaptionConfig().model
+
+
+def test_bad_values_are_rejected():
+    with pytest.raises(ConfigError, match="dtype"):
+        resolve("paper", {"caption": {"dtype": "int8"}})
+    with pytest.raises(ConfigError, match="box_threshold"):
+        resolve("paper", {"ground": {"box_threshold": 2}})
+    with pytest.raises(KeyError, match="unknown profile 'huge'"):
+        resolve("huge")
+    with pytest.raises(ConfigError, match="unknown section"):
+        resolve("paper", {"captions": {}})
+
+
+def test_paper_profile_is_the_papers_setup():
+    config = resolve("paper")
+    assert config.stage("caption").model == "Salesforce/blip2-opt-2.7b"
+    assert config.stage("embed").model == "ViT-L-14-quickgelu" and config.stage("embed").pretrained == "openai"
+    assert config.stage("embed").image_crop == "center"
+    fit = config.stage("fit")
+    assert (fit.epochs, fit.lr, fit.weight_decay, fit.w1, fit.w2) == (50, 1e-3, 1e-3, 1.0, 1.0)
+    assert PROFILES.names() == ["paper", "tiny"]
+
+
+def test_params_override_the_profile_and_cli_overrides_runtime(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: tiny\nground:\n  box_threshold: 0.5\nruntime:\n  batch_size: 3\n")
+    config = resolve(None, load_params(params), {"batch_size": 7, "device": None})
+    assert config.profile == "tiny"
+    assert config.stage("ground").box_threshold == 0.5
+    assert config.stage("ground").model == "tiny/grounding-dino"
+    assert config.runtime.batch_size == 7
+    assert load_params(tmp_path / "absent.yaml") == {}
+
+
+def test_fingerprint_follows_config_and_inputs_not_runtime(tmp_path):
+    store = Store(tmp_path)
+    base = resolve("tiny")
+
+    def fp(config, stage):
+        return make_stage(stage, config, store).fingerprint
+
+    assert fp(base, "embed") == fp(resolve("tiny", {}, {"batch_size": 99, "chunk_size": 3}), "embed")
+    changed_caption = resolve("tiny", {"caption": {"max_new_tokens": 9}})
+    assert fp(changed_caption, "caption") != fp(base, "caption")
+    # every stage downstream of the change moves too; nothing upstream does
+    assert fp(changed_caption, "ground") != fp(base, "ground")
+    assert fp(changed_caption, "distance") != fp(base, "distance")
+    changed_embed = resolve("tiny", {"embed": {"image_crop": "resize_center"}})
+    assert fp(changed_embed, "ground") == fp(base, "ground")
+    assert fp(changed_embed, "embed") != fp(base, "embed")
+    assert len(fp(base, "caption")) == 12
