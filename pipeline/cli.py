@@ -22,7 +22,10 @@ app = typer.Typer(
 log = logging.getLogger("item")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", "-d", envvar="ITEM_DATA_DIR", help="Data root.")]
-Profile = Annotated[str | None, typer.Option("--profile", "-p", help="Model profile: paper | tiny (default: params.yaml's, else paper).")]
+Profile = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", help="Model profile: paper | tiny (default: params.yaml's, else paper)."),
+]
 Params = Annotated[Path, typer.Option("--params", help="params.yaml with per-stage overrides (ignored when absent).")]
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")]
@@ -70,17 +73,25 @@ def _report(stats) -> None:
         typer.echo(f"{stats.stage:<9} [{stats.fingerprint}] up to date: nothing to compute ({stats.seconds:.2f}s)")
         return
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats.errors.items()))
-    typer.echo(f"{stats.stage:<9} [{stats.fingerprint}] computed {stats.computed} row(s): {stats.ok} ok, "
-               f"{stats.error} error{f' ({reasons})' if reasons else ''} in {stats.seconds:.1f}s")
+    typer.echo(
+        f"{stats.stage:<9} [{stats.fingerprint}] computed {stats.computed} row(s): {stats.ok} ok, "
+        f"{stats.error} error{f' ({reasons})' if reasons else ''} in {stats.seconds:.1f}s"
+    )
 
 
 def _stage_command(name: str, doc: str):
     def command(
-        data_dir: DataDir = Path("data"), profile: Profile = None, params: Params = Path("params.yaml"),
-        device: Device = None, batch_size: BatchSize = None, chunk_size: ChunkSize = None, verbose: Verbose = False,
+        data_dir: DataDir = Path("data"),
+        profile: Profile = None,
+        params: Params = Path("params.yaml"),
+        device: Device = None,
+        batch_size: BatchSize = None,
+        chunk_size: ChunkSize = None,
+        verbose: Verbose = False,
     ) -> None:
-        config, store = _setup(data_dir, profile, params, verbose, device=device, batch_size=batch_size,
-                               chunk_size=chunk_size)
+        config, store = _setup(
+            data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
+        )
         _run(name, config, store)
 
     command.__doc__ = doc
@@ -91,7 +102,9 @@ def _stage_command(name: str, doc: str):
 def ingest(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, CSV/Parquet lists or image files.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the folder or list name).")] = None,
-    data_dir: DataDir = Path("data"), profile: Profile = None, params: Params = Path("params.yaml"),
+    data_dir: DataDir = Path("data"),
+    profile: Profile = None,
+    params: Params = Path("params.yaml"),
     verbose: Verbose = False,
 ) -> None:
     """Add images to the manifest: hash each file (sha256 = image_id), check it decodes, read its
@@ -101,19 +114,34 @@ def ingest(
     _run("ingest", config, store, inputs=inputs, dataset=dataset)
 
 
-_stage_command("caption", "Caption every ingested image (BLIP-2 in the paper profile), batched; "
-                          "or copy the captions of a list with caption.backend=column.")
-_stage_command("ground", "Find the objects each caption names with Grounding DINO (caption as prompt); "
-                         "rows hold (phrase, box in pixels, score) per object.")
-_stage_command("embed", "Embed the image (centre-cropped), caption, each object crop and each phrase with "
-                        "CLIP ViT-L/14; raw embeddings are stored.")
-_stage_command("distance", "Compute the misalignment vectors D_g, D_l (Eq. 3-7), n_objects and the cosines "
-                           "from the stored embeddings.")
+_stage_command(
+    "caption",
+    "Caption every ingested image (BLIP-2 in the paper profile), batched; "
+    "or copy the captions of a list with caption.backend=column.",
+)
+_stage_command(
+    "ground",
+    "Find the objects each caption names with Grounding DINO (caption as prompt); "
+    "rows hold (phrase, box in pixels, score) per object.",
+)
+_stage_command(
+    "embed",
+    "Embed the image (centre-cropped), caption, each object crop and each phrase with "
+    "CLIP ViT-L/14; raw embeddings are stored.",
+)
+_stage_command(
+    "distance",
+    "Compute the misalignment vectors D_g, D_l (Eq. 3-7), n_objects and the cosines from the stored embeddings.",
+)
 
 
 @app.command()
-def fit(data_dir: DataDir = Path("data"), profile: Profile = None, params: Params = Path("params.yaml"),
-        verbose: Verbose = False) -> None:
+def fit(
+    data_dir: DataDir = Path("data"),
+    profile: Profile = None,
+    params: Params = Path("params.yaml"),
+    verbose: Verbose = False,
+) -> None:
     """Train the head (the paper's MLP on D = w1*D_g + w2*D_l) on the cached distance rows of the train
     split, and save it as safetensors + JSON under models/. A head with the same fingerprint is reused."""
     config, store = _setup(data_dir, profile, params, verbose)
@@ -123,7 +151,9 @@ def fit(data_dir: DataDir = Path("data"), profile: Profile = None, params: Param
 @app.command()
 def evaluate(
     model: Annotated[Path | None, typer.Option(help="Head folder (default: the latest fitted).")] = None,
-    data_dir: DataDir = Path("data"), profile: Profile = None, params: Params = Path("params.yaml"),
+    data_dir: DataDir = Path("data"),
+    profile: Profile = None,
+    params: Params = Path("params.yaml"),
     verbose: Verbose = False,
 ) -> None:
     """Score the test split with a fitted head: ACC at 0.5 and AP (scikit-learn), per generator and over
@@ -139,8 +169,12 @@ def evaluate(
 
 
 @app.command()
-def status(data_dir: DataDir = Path("data"), profile: Profile = None, params: Params = Path("params.yaml"),
-           verbose: Verbose = False) -> None:
+def status(
+    data_dir: DataDir = Path("data"),
+    profile: Profile = None,
+    params: Params = Path("params.yaml"),
+    verbose: Verbose = False,
+) -> None:
     """Per stage under the current configuration: rows ok, rows in error (by reason) and manifest images
     still missing; other fingerprints present on disk are listed."""
     from pipeline.runner import status as stage_status
@@ -189,12 +223,13 @@ def demo(
 
 def main() -> None:
     from pipeline.config import ConfigError
+    from pipeline.registry import UnknownNameError
     from pipeline.stage import SystemicError
     from pipeline.store import StoreError
 
     try:
         app()
-    except (ConfigError, StoreError, SystemicError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, UnknownNameError, StoreError, SystemicError, FileNotFoundError, ValueError) as e:
         log.debug("failed", exc_info=True)
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None

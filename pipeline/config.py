@@ -208,7 +208,7 @@ PROFILES.register("tiny")(
             "longest_edge": 320,
         },
         "embed": {"model": "tiny/clip", "pretrained": "none", "dtype": "float32"},
-        "fit": {"hidden_dim": 64},
+        "fit": {"hidden_dim": 64, "batch_size": 16},  # small sets need more steps per epoch
     }
 )
 
@@ -225,8 +225,9 @@ class PipelineConfig:
         return self.stages[name]
 
 
-def resolve(profile: str | None = None, params: dict[str, Any] | None = None,
-            runtime: dict[str, Any] | None = None) -> PipelineConfig:
+def resolve(
+    profile: str | None = None, params: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None
+) -> PipelineConfig:
     """Defaults <- profile <- params (params.yaml sections) <- runtime overrides (CLI flags).
 
     Args:

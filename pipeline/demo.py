@@ -36,12 +36,12 @@ def add_artifact(img: np.ndarray, generator: str, rng: np.random.Generator) -> n
     if generator == "toygan":
         yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
         checker = (((yy // 2) + (xx // 2)) % 2) * 2 - 1
-        return np.clip(img + 0.12 * checker[..., None] * rng.uniform(0.8, 1.2), 0, 1)
+        return np.clip(img + 0.25 * checker[..., None] * rng.uniform(0.8, 1.2), 0, 1)
     if generator == "toydiff":
-        pil = Image.fromarray((img * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3))
+        pil = Image.fromarray((img * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(5))
         smooth = np.asarray(pil, dtype=np.float64) / 255
         mean = smooth.mean(axis=2, keepdims=True)
-        return np.clip(mean + 1.8 * (smooth - mean), 0, 1)
+        return np.clip(mean + 2.5 * (smooth - mean), 0, 1)
     raise ValueError(f"unknown demo generator {generator!r}")
 
 

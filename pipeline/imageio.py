@@ -71,7 +71,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
         raise ImageDecodeError("decompression bomb: out of memory while decoding") from None
     except OSError as e:
         if "cannot find loader" in str(e):
-            raise ImageDecodeError(f"unsupported format {info.format}: {e} (Pillow has no decoder for it here)") from None
+            raise ImageDecodeError(
+                f"unsupported format {info.format}: {e} (Pillow has no decoder for it here)"
+            ) from None
         raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
     except Exception as e:  # any decoder failure is this file's problem, reported on its row
         raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
@@ -80,7 +82,11 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
 
 # Containers Pillow cannot open without a plugin, recognised by their leading bytes.
 _NEEDS_PLUGIN = {
-    b"heic": "HEIF/HEIC", b"heix": "HEIF/HEIC", b"hevc": "HEIF/HEIC", b"mif1": "HEIF", b"msf1": "HEIF",
+    b"heic": "HEIF/HEIC",
+    b"heix": "HEIF/HEIC",
+    b"hevc": "HEIF/HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
 }
 
 

@@ -8,6 +8,13 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError):
+    """A name no object is registered under; the message lists the known names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class Registry(Generic[T]):
     """Named objects of one kind (profiles, backends, stages).
 
@@ -34,7 +41,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -23,8 +23,9 @@ def make_stage(name: str, config: PipelineConfig, store: Store, **kwargs: Any) -
     return get_stage_class(name)(config, store, **kwargs)
 
 
-def run_stage(name: str, config: PipelineConfig, store: Store,
-              progress: Callable[[int], None] | None = None, **kwargs: Any) -> RunStats:
+def run_stage(
+    name: str, config: PipelineConfig, store: Store, progress: Callable[[int], None] | None = None, **kwargs: Any
+) -> RunStats:
     return make_stage(name, config, store, **kwargs).run(progress=progress)
 
 
@@ -44,10 +45,15 @@ class StageStatus:
 def _counts(table, manifest_ids) -> tuple[int, int, int, dict[str, int]]:
     ids = table.column("image_id")
     in_manifest = table.filter(pc.is_in(ids, value_set=manifest_ids))
-    unique = in_manifest.group_by("image_id").aggregate([("status", "max"), ("error", "min")])  # "ok" > "error": a retried id counts as ok
+    unique = in_manifest.group_by("image_id").aggregate(
+        [("status", "max"), ("error", "min")]
+    )  # "ok" > "error": a retried id counts as ok
     status = unique.column("status_max").to_pylist()
-    errors = Counter(error_reason_kind(e) for s, e in zip(status, unique.column("error_min").to_pylist(), strict=True)
-                     if s == "error")
+    errors = Counter(
+        error_reason_kind(e)
+        for s, e in zip(status, unique.column("error_min").to_pylist(), strict=True)
+        if s == "error"
+    )
     ok = sum(1 for s in status if s == "ok")
     return ok, sum(errors.values()), len(manifest_ids) - len(status), dict(errors)
 
@@ -61,8 +67,11 @@ def status(config: PipelineConfig, store: Store) -> list[StageStatus]:
     for name in FEATURE_STAGES:
         stage = make_stage(name, config, store)
         fp = stage.fingerprint
-        table = store.features(name, fp).read(["image_id", "status", "error"]) if store.features(name, fp).exists() \
+        table = (
+            store.features(name, fp).read(["image_id", "status", "error"])
+            if store.features(name, fp).exists()
             else manifest.schema.empty_table().select(["image_id", "status", "error"])
+        )
         ok, err, missing, errors = _counts(table, manifest_ids)
         others = [f for f in store.fingerprints(name) if f != fp]
         report.append(StageStatus(name, fp, ok, err, missing, errors, others))

@@ -108,13 +108,19 @@ class Stage(ABC):
         from stages import get_stage_class
 
         upstream = {
-            name: get_stage_class(name)(self.pipeline, self.store).fingerprint for name in self.inputs if name != MANIFEST
+            name: get_stage_class(name)(self.pipeline, self.store).fingerprint
+            for name in self.inputs
+            if name != MANIFEST
         }
         return {"stage": self.name, "version": self.version, "config": as_dict(self.cfg), "inputs": upstream}
 
     @abstractmethod
-    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
-            progress: Callable[[int], None] | None = None) -> RunStats: ...
+    def run(
+        self,
+        ids: Iterable[str] | None = None,
+        executor: Executor | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats: ...
 
 
 class FeatureStage(Stage):
@@ -163,8 +169,12 @@ class FeatureStage(Stage):
             mask = pc.and_(mask, pc.is_in(driver, value_set=pa.array(list(ids), pa.string())))
         return list(dict.fromkeys(driver.filter(mask).to_pylist()))
 
-    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
-            progress: Callable[[int], None] | None = None) -> RunStats:
+    def run(
+        self,
+        ids: Iterable[str] | None = None,
+        executor: Executor | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats:
         start = time.perf_counter()
         fp = self.fingerprint
         stats = RunStats(self.name, fp)
@@ -270,8 +280,9 @@ class FeatureStage(Stage):
             halves = [self._process_isolated(batch.slice(0, mid)), self._process_isolated(batch.slice(mid))]
             merged = pa.concat_tables(halves)
             if batch.num_rows >= 4 and pc.all(pc.equal(merged.column("status"), STATUS_ERROR)).as_py():
-                raise SystemicError(f"{self.name}: every row of a batch of {batch.num_rows} failed: "
-                                    f"{type(e).__name__}: {e}") from e
+                raise SystemicError(
+                    f"{self.name}: every row of a batch of {batch.num_rows} failed: {type(e).__name__}: {e}"
+                ) from e
             return merged
         table = result if isinstance(result, pa.Table) else self._rows_table(result)
         if table.num_rows != batch.num_rows:

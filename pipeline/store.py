@@ -92,8 +92,13 @@ class PartDir:
             t = self.read_part(part, [self.key, "status"])
             tables.append(t.append_column("_part", pa.array([i] * t.num_rows, pa.int32())))
         if not tables:
-            return pa.table({self.key: pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                             "_part": pa.array([], pa.int32())})
+            return pa.table(
+                {
+                    self.key: pa.array([], pa.string()),
+                    "status": pa.array([], pa.string()),
+                    "_part": pa.array([], pa.int32()),
+                }
+            )
         return pa.concat_tables(tables)
 
     def ids(self) -> set[str]:

@@ -23,8 +23,10 @@ class CaptionStage(FeatureStage):
 
     @cached_property
     def captioner(self):
-        from pipeline.models import CAPTIONERS
-        from pipeline.models import captioners  # noqa: F401  (registers the backends)
+        from pipeline.models import (
+            CAPTIONERS,
+            captioners,  # noqa: F401  (registers the backends)
+        )
 
         return CAPTIONERS.get(self.cfg.backend)(self.cfg, self.runtime.device)
 
@@ -36,14 +38,21 @@ class CaptionStage(FeatureStage):
         ids = batch.column("image_id").to_pylist()
         if self.cfg.backend == "column":
             return [
-                {"image_id": i, "caption": c} if c else
-                {"image_id": i, "status": schemas.STATUS_ERROR, "error": "no caption: the list gives none for this image"}
+                {"image_id": i, "caption": c}
+                if c
+                else {
+                    "image_id": i,
+                    "status": schemas.STATUS_ERROR,
+                    "error": "no caption: the list gives none for this image",
+                }
                 for i, c in zip(ids, batch.column("caption").to_pylist(), strict=True)
             ]
         images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
         good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
         captions = self.captioner.caption([images[k] for k in good]) if good else []
-        rows = [{"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)]
+        rows = [
+            {"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)
+        ]
         for k, text in zip(good, captions, strict=True):
             rows[k] = {"image_id": ids[k], "caption": text}
         return rows

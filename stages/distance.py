@@ -35,8 +35,9 @@ def vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float64)
 
 
-def misalignment(image: np.ndarray, text: np.ndarray, obj_image: np.ndarray, obj_text: np.ndarray,
-                 counts: np.ndarray) -> dict[str, np.ndarray]:
+def misalignment(
+    image: np.ndarray, text: np.ndarray, obj_image: np.ndarray, obj_text: np.ndarray, counts: np.ndarray
+) -> dict[str, np.ndarray]:
     """Eq. 3-7 for a batch: global (n, dim) pairs and objects flattened with per-row `counts`."""
     ui, ut = unit(image), unit(text)
     d_global = ui - ut
@@ -79,8 +80,13 @@ class DistanceStage(FeatureStage):
         counts = pc.list_value_length(batch.column("object_image_embeds")).fill_null(0).to_numpy(zero_copy_only=False)
         obj_i = batch.column("object_image_embeds").combine_chunks().flatten()
         obj_t = batch.column("object_text_embeds").combine_chunks().flatten()
-        d = misalignment(vectors(batch.column("image_embed"), dim), vectors(batch.column("text_embed"), dim),
-                         vectors(obj_i, dim), vectors(obj_t, dim), counts.astype(np.int64))
+        d = misalignment(
+            vectors(batch.column("image_embed"), dim),
+            vectors(batch.column("text_embed"), dim),
+            vectors(obj_i, dim),
+            vectors(obj_t, dim),
+            counts.astype(np.int64),
+        )
         n = batch.num_rows
         cos_local = pa.array(d["cos_local"].astype(np.float32), pa.float32(), mask=np.isnan(d["cos_local"]))
         return pa.table(

@@ -71,7 +71,7 @@ class EmbedStage(FeatureStage):
         if tensors:
             image_emb = self._batched(lambda s: self.encoder.encode_images(torch.stack(tensors[s])), len(tensors))
             text_emb = self._batched(lambda s: self.encoder.encode_texts(texts[s]), len(texts))
-            for k, row in enumerate(out):
+            for row in out:
                 if "status" not in row:
                     row.update(object_image_embeds=[], object_text_embeds=[])
             for (k, j), ie, te in zip(owners, image_emb, text_emb, strict=True):

@@ -50,8 +50,12 @@ class EvaluateStage(Stage):
         super().__init__(*args, **kw)
         self.model = model
 
-    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
-            progress: Callable[[int], None] | None = None) -> RunStats:
+    def run(
+        self,
+        ids: Iterable[str] | None = None,
+        executor: Executor | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats:
         start = time.perf_counter()
         model_dir = Path(self.model) if self.model else latest_model(self.store)
         head = load_head(model_dir)
@@ -72,8 +76,14 @@ class EvaluateStage(Stage):
         x = feature_matrix(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]), fit["features"], fit["w1"], fit["w2"])
         scores = head.predict_proba(x)
         labels = rows["label"].to_numpy().astype(np.int64)
-        result = {"key": key, "model": model_dir.name, "split": split, "threshold": self.cfg.threshold,
-                  "all": metrics(labels, scores, self.cfg.threshold), "generators": {}}
+        result = {
+            "key": key,
+            "model": model_dir.name,
+            "split": split,
+            "threshold": self.cfg.threshold,
+            "all": metrics(labels, scores, self.cfg.threshold),
+            "generators": {},
+        }
         gens = rows["generator"].fill_null("(none)").to_numpy()
         for g in sorted(set(gens.tolist())):
             sel = gens == g
@@ -101,6 +111,7 @@ def _evaluation_key(model: str, split: str, threshold: float, rows: pl.DataFrame
 
 def format_table(result: dict[str, Any]) -> str:
     """The metrics as a Markdown table: one row per generator, then the mean over generators and all rows."""
+
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.2f}"
 
@@ -111,7 +122,9 @@ def format_table(result: dict[str, Any]) -> str:
     aps = [m["ap"] for m in gens.values() if m["ap"] is not None]
     accs = [m["acc"] for m in gens.values() if m["acc"] is not None]
     if len(gens) > 1:
-        lines.append(f"| mean | | {pct(float(np.mean(accs)) if accs else None)} | {pct(float(np.mean(aps)) if aps else None)} |")
+        lines.append(
+            f"| mean | | {pct(float(np.mean(accs)) if accs else None)} | {pct(float(np.mean(aps)) if aps else None)} |"
+        )
     a = result["all"]
     lines.append(f"| all | {a['n']} | {pct(a['acc'])} | {pct(a['ap'])} |")
     return "\n".join(lines)

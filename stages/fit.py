@@ -74,8 +74,12 @@ class FitStage(Stage):
     def model_dir(self) -> Path:
         return self.store.models / f"{self.cfg.head}-{self.fingerprint}"
 
-    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
-            progress: Callable[[int], None] | None = None) -> RunStats:
+    def run(
+        self,
+        ids: Iterable[str] | None = None,
+        executor: Executor | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats:
         start = time.perf_counter()
         stats = RunStats(self.name, self.fingerprint)
         target = self.model_dir
@@ -84,20 +88,40 @@ class FitStage(Stage):
         else:
             labels = self.train["label"].to_numpy()
             if len(labels) == 0 or len(set(labels.tolist())) < 2:
-                raise ValueError(f"fit: the {self.cfg.train_split!r} split needs labelled real and fake rows "
-                                 f"(has {len(labels)} row(s), classes {sorted(set(labels.tolist()))})")
-            x = feature_matrix(to_numpy(self.train["d_global"]), to_numpy(self.train["d_local"]),
-                               self.cfg.features, self.cfg.w1, self.cfg.w2)
+                raise ValueError(
+                    f"fit: the {self.cfg.train_split!r} split needs labelled real and fake rows "
+                    f"(has {len(labels)} row(s), classes {sorted(set(labels.tolist()))})"
+                )
+            x = feature_matrix(
+                to_numpy(self.train["d_global"]),
+                to_numpy(self.train["d_local"]),
+                self.cfg.features,
+                self.cfg.w1,
+                self.cfg.w2,
+            )
             stats.todo = len(labels)
             weights = train_mlp(x, labels, self.cfg)
-            save_head(target, weights, {
-                "head": self.cfg.head, "fit": as_dict(self.cfg), "identity": self.identity(),
-                "features": {"stage": "distance", "fingerprint": self.distance_fp},
-                "in_dim": int(x.shape[1]), "n_train": int(len(labels)), "n_fake": int(labels.sum()),
-            })
+            save_head(
+                target,
+                weights,
+                {
+                    "head": self.cfg.head,
+                    "fit": as_dict(self.cfg),
+                    "identity": self.identity(),
+                    "features": {"stage": "distance", "fingerprint": self.distance_fp},
+                    "in_dim": int(x.shape[1]),
+                    "n_train": int(len(labels)),
+                    "n_fake": int(labels.sum()),
+                },
+            )
             stats.ok = len(labels)
-            log.info("fit [%s]: trained on %d rows in %.1fs -> %s", self.fingerprint, len(labels),
-                     time.perf_counter() - start, target)
+            log.info(
+                "fit [%s]: trained on %d rows in %.1fs -> %s",
+                self.fingerprint,
+                len(labels),
+                time.perf_counter() - start,
+                target,
+            )
         (self.store.models / LATEST).write_text(target.name + "\n")
         stats.seconds = time.perf_counter() - start
         return stats

@@ -24,8 +24,7 @@ class GroundStage(FeatureStage):
 
     @cached_property
     def grounder(self):
-        from pipeline.models import GROUNDERS
-        from pipeline.models import grounders, groundingdino_py  # noqa: F401  (register the backends)
+        from pipeline.models import GROUNDERS, grounders, groundingdino_py  # noqa: F401  (register the backends)
 
         return GROUNDERS.get(self.cfg.backend)(self.cfg, self.runtime.device)
 
@@ -38,7 +37,9 @@ class GroundStage(FeatureStage):
         images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
         good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
         found = self.grounder.ground([images[k] for k in good], [captions[k] for k in good]) if good else []
-        rows = [{"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)]
+        rows = [
+            {"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)
+        ]
         for k, objects in zip(good, found, strict=True):
             rows[k] = {"image_id": ids[k], "objects": objects}
         return rows

@@ -135,8 +135,12 @@ class IngestStage(Stage):
         self.paths = list(inputs)
         self.dataset = dataset
 
-    def run(self, ids: Iterable[str] | None = None, executor: Executor | None = None,
-            progress: Callable[[int], None] | None = None) -> RunStats:
+    def run(
+        self,
+        ids: Iterable[str] | None = None,
+        executor: Executor | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats:
         start = time.perf_counter()
         stats = RunStats(self.name, "manifest")
         seen = self._seen_files()
@@ -151,7 +155,7 @@ class IngestStage(Stage):
             for i in range(0, len(todo), chunk):
                 probed = list(pool.map(self._probe, todo[i : i + chunk]))
                 manifest_rows = []
-                for source, row in probed:
+                for _, row in probed:
                     if row["image_id"] not in known_ids:
                         known_ids.add(row["image_id"])
                         manifest_rows.append(row)
@@ -164,8 +168,9 @@ class IngestStage(Stage):
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
                 if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
                     stats.parts += 1
-                self.store.sources.write(pa.Table.from_pylist([self._source_row(s, r) for s, r in probed],
-                                                              schema=SOURCES))
+                self.store.sources.write(
+                    pa.Table.from_pylist([self._source_row(s, r) for s, r in probed], schema=SOURCES)
+                )
                 if progress is not None:
                     progress(len(probed))
         stats.seconds = time.perf_counter() - start
@@ -190,8 +195,14 @@ class IngestStage(Stage):
 
     def _probe(self, source: Source) -> tuple[Source, dict[str, Any]]:
         row: dict[str, Any] = {
-            "path": source.path, "label": source.label, "generator": source.generator, "dataset": source.dataset,
-            "split": source.split, "caption": source.caption, "status": STATUS_OK, "error": None,
+            "path": source.path,
+            "label": source.label,
+            "generator": source.generator,
+            "dataset": source.dataset,
+            "split": source.split,
+            "caption": source.caption,
+            "status": STATUS_OK,
+            "error": None,
         }
         try:
             with open(source.path, "rb") as f:
@@ -199,8 +210,12 @@ class IngestStage(Stage):
                 data = f.read()
         except OSError as e:
             # No bytes, no content key: the id is derived from the path so the failure still has a row.
-            row.update(image_id=image_id_of_bytes(f"unreadable:{source.path}".encode()), status=STATUS_ERROR,
-                       error=f"cannot read file: {type(e).__name__}: {e.strerror or e}", n_bytes=None)
+            row.update(
+                image_id=image_id_of_bytes(f"unreadable:{source.path}".encode()),
+                status=STATUS_ERROR,
+                error=f"cannot read file: {type(e).__name__}: {e.strerror or e}",
+                n_bytes=None,
+            )
             row["_stat"] = (None, None)
             return source, row
         row.update(image_id=image_id_of_bytes(data), n_bytes=len(data))
@@ -217,5 +232,12 @@ class IngestStage(Stage):
     @staticmethod
     def _source_row(source: Source, row: dict[str, Any]) -> dict[str, Any]:
         size, mtime = row["_stat"]
-        return {"path": source.path, "image_id": row["image_id"], "n_bytes": size, "mtime_ns": mtime,
-                "label": source.label, "generator": source.generator, "dataset": source.dataset}
+        return {
+            "path": source.path,
+            "image_id": row["image_id"],
+            "n_bytes": size,
+            "mtime_ns": mtime,
+            "label": source.label,
+            "generator": source.generator,
+            "dataset": source.dataset,
+        }

@@ -27,7 +27,6 @@ class Blip2Captioner:
 
     @cached_property
     def _loaded(self) -> tuple[Any, Any]:
-        import torch
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         dtype = torch_dtype(self.cfg.dtype)
@@ -87,22 +86,45 @@ def tiny_blip2(seed: int):
 
     tokenizer = byte_level_bpe()
     n_query = 4
-    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=64, patch_size=16)
-    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                 encoder_hidden_size=32, vocab_size=len(tokenizer))
+    vision = Blip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        encoder_hidden_size=32,
+        vocab_size=len(tokenizer),
+    )
     # A wide initialisation makes random captions depend on the image instead of one repeated token.
-    text = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                     num_attention_heads=2, max_position_embeddings=128, word_embed_proj_dim=32,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, init_std=1.0)
-    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-                         num_query_tokens=n_query, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         initializer_range=1.0)
+    text = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        word_embed_proj_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        init_std=1.0,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=n_query,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        initializer_range=1.0,
+    )
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config).eval()
-    image_processor = BlipImageProcessor(size={"height": 64, "width": 64},
-                                         image_mean=[0.48145466, 0.4578275, 0.40821073],
-                                         image_std=[0.26862954, 0.26130258, 0.27577711])
+    image_processor = BlipImageProcessor(
+        size={"height": 64, "width": 64},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
     processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=n_query)
     return model, processor

@@ -71,7 +71,10 @@ class TransformersGroundingDino:
             model = GroundingDinoForObjectDetection.from_pretrained(
                 self.cfg.model, revision=self.cfg.revision, dtype=dtype, use_safetensors=True
             )
-        processor.image_processor.size = {"shortest_edge": self.cfg.shortest_edge, "longest_edge": self.cfg.longest_edge}
+        processor.image_processor.size = {
+            "shortest_edge": self.cfg.shortest_edge,
+            "longest_edge": self.cfg.longest_edge,
+        }
         return model.to(device=self.device, dtype=dtype).eval(), processor
 
     def load(self) -> None:
@@ -88,14 +91,19 @@ class TransformersGroundingDino:
             outputs = model(**inputs)
         sizes = [(im.height, im.width) for im in images]
         results = processor.post_process_grounded_object_detection(
-            outputs, input_ids=inputs["input_ids"], threshold=self.cfg.box_threshold,
-            text_threshold=self.cfg.text_threshold, target_sizes=sizes,
+            outputs,
+            input_ids=inputs["input_ids"],
+            threshold=self.cfg.box_threshold,
+            text_threshold=self.cfg.text_threshold,
+            target_sizes=sizes,
         )
         out = []
         for r, (h, w) in zip(results, sizes, strict=True):
             objects = [
                 {"phrase": p, "box": b, "score": s}
-                for p, b, s in zip(r["text_labels"], r["boxes"].float().tolist(), r["scores"].float().tolist(), strict=True)
+                for p, b, s in zip(
+                    r["text_labels"], r["boxes"].float().tolist(), r["scores"].float().tolist(), strict=True
+                )
             ]
             out.append(finish(objects, w, h, self.cfg.max_objects))
         return out
@@ -118,15 +126,42 @@ def tiny_grounding_dino(seed: int):
 
     # transformers 5 ignores `vocab_file=` here; `vocab=` (a dict) is honoured.
     tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
-    backbone = SwinConfig(image_size=224, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                          window_size=7, mlp_ratio=2.0, out_indices=[2, 3, 4])
-    text = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=256, pad_token_id=0)
+    backbone = SwinConfig(
+        image_size=224,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=7,
+        mlp_ratio=2.0,
+        out_indices=[2, 3, 4],
+    )
+    text = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
     config = GroundingDinoConfig(
-        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_n_points=2, decoder_n_points=2, num_feature_levels=4, num_queries=50, max_text_len=256,
-        dropout=0.0, fusion_droppath=0.0,
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        num_feature_levels=4,
+        num_queries=50,
+        max_text_len=256,
+        dropout=0.0,
+        fusion_droppath=0.0,
     )
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()

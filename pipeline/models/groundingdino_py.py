@@ -49,8 +49,11 @@ def apply_compat_shim() -> None:
 
     if getattr(BertModel, _SHIM_FLAG, False):
         return
-    for name, fn in (("get_extended_attention_mask", _extended_attention_mask),
-                     ("invert_attention_mask", _invert_attention_mask), ("get_head_mask", _head_mask)):
+    for name, fn in (
+        ("get_extended_attention_mask", _extended_attention_mask),
+        ("invert_attention_mask", _invert_attention_mask),
+        ("get_head_mask", _head_mask),
+    ):
         if not hasattr(BertModel, name):
             setattr(BertModel, name, fn)
     setattr(BertModel, _SHIM_FLAG, True)
@@ -108,14 +111,25 @@ class GroundingDinoPy:
         import torch
         from groundingdino.util.inference import predict
 
-        transform = T.Compose([T.RandomResize([self.cfg.shortest_edge], max_size=self.cfg.longest_edge),
-                               T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        transform = T.Compose(
+            [
+                T.RandomResize([self.cfg.shortest_edge], max_size=self.cfg.longest_edge),
+                T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
         out = []
         for image, caption in zip(images, captions, strict=True):
             tensor, _ = transform(image, None)
             with torch.inference_mode():
-                boxes, scores, phrases = predict(self.model, tensor, prompt_of(caption), self.cfg.box_threshold,
-                                                 self.cfg.text_threshold, device=self.device)
+                boxes, scores, phrases = predict(
+                    self.model,
+                    tensor,
+                    prompt_of(caption),
+                    self.cfg.box_threshold,
+                    self.cfg.text_threshold,
+                    device=self.device,
+                )
             w, h = image.size
             objects = []
             for (cx, cy, bw, bh), score, phrase in zip(boxes.tolist(), scores.tolist(), phrases, strict=True):

@@ -35,9 +35,15 @@ def byte_level_bpe(vocab_size: int = 400):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>", "<image>"])
     tok.train_from_iterator(caption_corpus(), trainer)
     bos = tok.token_to_id("</s>")
-    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", bos)]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
 
@@ -50,10 +56,22 @@ BERT_FIXED_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]"
 
 def bert_vocab() -> dict[str, int]:
     """A WordPiece vocabulary with bert-base-uncased's special ids and the tiny word list."""
-    content = list(dict.fromkeys(
-        [*"!\"#$%&'()*+,-/:;<=>@[\\]^_`{|}~", *"0123456789abcdefghijklmnopqrstuvwxyz", *WORDS,
-         "##s", "##es", "##ed", "##ing", "##er", "##ly", "##y"]
-    ))
+    content = list(
+        dict.fromkeys(
+            [
+                *"!\"#$%&'()*+,-/:;<=>@[\\]^_`{|}~",
+                *"0123456789abcdefghijklmnopqrstuvwxyz",
+                *WORDS,
+                "##s",
+                "##es",
+                "##ed",
+                "##ing",
+                "##er",
+                "##ly",
+                "##y",
+            ]
+        )
+    )
     content = [t for t in content if t not in BERT_FIXED_IDS]
     id_to_token = {i: t for t, i in BERT_FIXED_IDS.items()}
     free = (i for i in range(104, 10**6) if i not in id_to_token)

@@ -43,7 +43,7 @@ def test_mlp_learns_a_planted_signal_and_numpy_inference_matches():
     d_g[:, 0] += 4.0 * y  # the label lives in one direction of D_g (Bayes accuracy 0.98)
     d_l = np.zeros_like(d_g)
     x = feature_matrix(d_g, d_l, "both", 1.0, 1.0)
-    cfg = FitConfig(hidden_dim=32, epochs=20)
+    cfg = FitConfig(hidden_dim=32, epochs=20, batch_size=32)
     weights = train_mlp(x, y, cfg)
     assert set(weights) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     assert weights["fc1.weight"].shape == (32, 16) and weights["fc2.weight"].shape == (2, 32)

@@ -80,8 +80,12 @@ def test_every_odd_file_gets_exactly_one_row_matching_the_catalog(tmp_path, odd_
     run_stage("ingest", tiny(chunk_size=32), store, inputs=[odd_root / "odd"])
     m = manifest(store).join(pl.from_arrow(store.sources.read(["path", "image_id"])), on="image_id")
     assert m.height == catalog.height == manifest(store).height
-    joined = catalog.join(m.with_columns(pl.col("path_right").str.replace(r".*/data/", "")), left_on="path",
-                          right_on="path_right", how="left")
+    joined = catalog.join(
+        m.with_columns(pl.col("path_right").str.replace(r".*/data/", "")),
+        left_on="path",
+        right_on="path_right",
+        how="left",
+    )
     assert joined["status"].null_count() == 0
     assert (joined["sha256"] == joined["image_id"]).all()
     valid = joined.filter(pl.col("label") == "odd-valid")
