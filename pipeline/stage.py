@@ -11,6 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -99,7 +100,7 @@ class Stage(ABC):
         self.runtime = config.runtime
         self.store = store
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return short_hash(_json(self.identity()))
 
