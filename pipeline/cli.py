@@ -33,7 +33,14 @@ ChunkSize = Annotated[int | None, typer.Option("--chunk-size", help="Rows per pa
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
-def _setup(data_dir: Path, profile: str | None, params: Path, verbose: bool, **runtime):
+def _setup(
+    data_dir: Path,
+    profile: str | None,
+    params: Path,
+    verbose: bool,
+    overrides: dict[str, dict] | None = None,
+    **runtime,
+):
     from pipeline.config import load_params, resolve
     from pipeline.log import setup_logging
     from pipeline.store import Store
@@ -41,6 +48,10 @@ def _setup(data_dir: Path, profile: str | None, params: Path, verbose: bool, **r
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     setup_logging(verbose)
     loaded = load_params(params)
+    for section, values in (overrides or {}).items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            loaded[section] = {**(loaded.get(section) or {}), **given}
     config = resolve(profile, loaded, runtime)
     return config, Store(data_dir)
 
@@ -102,16 +113,20 @@ def _stage_command(name: str, doc: str):
 def ingest(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, CSV/Parquet lists or image files.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the folder or list name).")] = None,
+    layout: Annotated[str, typer.Option(help="auto | cnndetection | genimage | diffusionforensics.")] = "auto",
+    generator: Annotated[str | None, typer.Option(help="Set the generator of every file (e.g. progan).")] = None,
+    split: Annotated[str | None, typer.Option(help="Set the split of every file (train | val | test).")] = None,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
     params: Params = Path("params.yaml"),
     verbose: Verbose = False,
 ) -> None:
     """Add images to the manifest: hash each file (sha256 = image_id), check it decodes, read its
-    label (0_real / 1_fake folders or a list's label column), generator and split. Broken files get
-    error rows; files seen before (same path, size and mtime) are skipped."""
+    label, generator and split from the folder layout (0_real/1_fake, GenImage's ai/nature,
+    DiffusionForensics' <split>/<source>/<generator>) or a list's columns. Broken files get error rows;
+    files seen before (same path, size and mtime) are skipped."""
     config, store = _setup(data_dir, profile, params, verbose)
-    _run("ingest", config, store, inputs=inputs, dataset=dataset)
+    _run("ingest", config, store, inputs=inputs, dataset=dataset, layout=layout, generator=generator, split=split)
 
 
 _stage_command(
@@ -137,35 +152,89 @@ _stage_command(
 
 @app.command()
 def fit(
+    head: Annotated[str | None, typer.Option(help="mlp (the paper's) | lightgbm | logreg.")] = None,
+    features: Annotated[str | None, typer.Option(help="both | global | local (Fig. 5 ablation).")] = None,
+    w1: Annotated[float | None, typer.Option(help="Weight of D_g in D = w1*D_g + w2*D_l.")] = None,
+    w2: Annotated[float | None, typer.Option(help="Weight of D_l.")] = None,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
     params: Params = Path("params.yaml"),
     verbose: Verbose = False,
 ) -> None:
-    """Train the head (the paper's MLP on D = w1*D_g + w2*D_l) on the cached distance rows of the train
-    split, and save it as safetensors + JSON under models/. A head with the same fingerprint is reused."""
-    config, store = _setup(data_dir, profile, params, verbose)
+    """Train a head on the cached distance rows of the train split (no model stage runs), calibrate
+    its temperature and threshold on the val split, and save it under models/ (safetensors + JSON, or
+    LightGBM's text format). A head with the same fingerprint is reused. Options override params.yaml."""
+    fit_options = {"head": head, "features": features, "w1": w1, "w2": w2}
+    config, store = _setup(data_dir, profile, params, verbose, overrides={"fit": fit_options})
     _run("fit", config, store)
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path | None, typer.Option(help="Head folder (default: the latest fitted).")] = None,
+    model: Annotated[list[Path] | None, typer.Option(help="Head folder(s) (default: the latest fitted).")] = None,
+    all_heads: Annotated[bool, typer.Option("--all", help="Evaluate every head under models/.")] = False,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
     params: Params = Path("params.yaml"),
     verbose: Verbose = False,
 ) -> None:
-    """Score the test split with a fitted head: ACC at 0.5 and AP (scikit-learn), per generator and over
-    all rows; writes metrics.json beside the head and in reports/."""
+    """Score the test split (val when there is none) with fitted heads: per generator and mean, ACC at
+    0.5, AP, AUC, real/fake ACC, TPR at 1% and 5% FPR, and ACC at the calibrated threshold. Prints the
+    ACC and AP tables in the paper's layout; writes every table (CSV + Markdown) and metrics.json to
+    reports/."""
     from pipeline.runner import make_stage
-    from stages.evaluate import format_table
+    from stages.evaluate import all_models, format_tables
 
     config, store = _setup(data_dir, profile, params, verbose)
-    stage = make_stage("evaluate", config, store, model=model)
+    models = all_models(store) if all_heads else model
+    stage = make_stage("evaluate", config, store, models=models)
     stage.run()
-    typer.echo(f"head {stage.result['model']} on split {stage.result['split']!r}:")
-    typer.echo(format_table(stage.result))
+    typer.echo(format_tables(stage.results, ("acc", "ap", "acc_calibrated")))
+    typer.echo(f"all tables and metrics.json: {store.reports}")
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Folders, globs, CSV/Parquet lists or image files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .csv or .json.")],
+    model: Annotated[Path | None, typer.Option(help="Head folder (default: the latest fitted).")] = None,
+    data_dir: DataDir = Path("data"),
+    device: Device = None,
+    batch_size: BatchSize = None,
+    verbose: Verbose = False,
+) -> None:
+    """Score images with a fitted head: runs whichever stages are missing for them (the cache is reused)
+    with the head's own model configuration, then writes one row per input file: image_id, path,
+    score = P(fake) (calibrated), decision, caption, objects with their image-phrase cosine, status
+    and error. Broken files get a row with the reason."""
+    from pipeline.api import predict as run_predict
+    from pipeline.api import write_rows
+
+    _setup(data_dir, None, Path("/nonexistent"), verbose)
+    bars = []
+
+    def progress(name: str):
+        bar, update = _progress(name)
+        bars.append(bar)
+        return update
+
+    try:
+        rows = run_predict(
+            inputs,
+            model=model,
+            data_dir=data_dir,
+            progress=progress,
+            runtime={"device": device, "batch_size": batch_size},
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    write_rows(rows, out)
+    n_fake = sum(r["decision"] == "fake" for r in rows)
+    n_err = sum(r["status"] == "error" for r in rows)
+    typer.echo(
+        f"predict: {len(rows)} file(s): {n_fake} fake, {len(rows) - n_fake - n_err} real, {n_err} error -> {out}"
+    )
 
 
 @app.command()
@@ -196,14 +265,20 @@ def demo(
     n_per_class: Annotated[int, typer.Option(help="Images per class and generator.")] = 40,
     verbose: Verbose = False,
 ) -> None:
-    """Make a small synthetic image set (nothing downloaded) and run every stage on it with the tiny
-    profile: random-weight models, so the numbers only show that the pipeline works."""
+    """Make a small synthetic image set (nothing downloaded), run every stage on it with the tiny
+    profile, evaluate, and score a folder of unseen images: random-weight models, so the numbers only
+    show that the pipeline works."""
+    from pipeline.api import predict as run_predict
+    from pipeline.api import write_rows
     from pipeline.config import resolve
-    from pipeline.demo import make_images
+    from pipeline.demo import make_images, make_unseen
     from pipeline.runner import make_stage
-    from stages.evaluate import format_table
+    from stages.evaluate import format_tables
 
-    config, store = _setup(data_dir, "tiny", Path("/nonexistent"), verbose)
+    _setup(data_dir, "tiny", Path("/nonexistent"), verbose)
+    from pipeline.store import Store
+
+    store = Store(data_dir)
     start = time.perf_counter()
     root = make_images(store.root / "raw" / "demo", n_per_class)
     typer.echo(f"demo images: {root}")
@@ -211,14 +286,42 @@ def demo(
     computed = 0
     for name in ("ingest", "caption", "ground", "embed", "distance", "fit"):
         kwargs = {"inputs": [root], "dataset": "demo"} if name == "ingest" else {}
-        stats = _run(name, config, store, **kwargs)
-        computed += stats.computed
+        computed += _run(name, config, store, **kwargs).computed
     stage = make_stage("evaluate", config, store)
     stage.run()
-    typer.echo(format_table(stage.result))
+    typer.echo(format_tables(stage.results, ("acc", "ap")))
+    unseen = make_unseen(store.root / "raw" / "demo-unseen")
+    rows = run_predict([unseen], data_dir=store.root, runtime={"chunk_size": 64})
+    out = store.reports / "demo-predictions.csv"
+    write_rows(rows, out)
+    typer.echo(f"predict on {len(rows)} unseen file(s) in {unseen} -> {out}")
+    for r in rows:
+        score = "-" if r["score"] is None else f"{r['score']:.3f}"
+        typer.echo(
+            f"  {Path(r['path']).name:<16} {r['decision'] or r['status']:<6} score {score:<6} "
+            f"{r['error'] or (r['caption'] or '')[:40]}"
+        )
     typer.echo("(tiny profile: random-weight models; these numbers only show that the pipeline runs end to end)")
     summary = "nothing recomputed: every stage was up to date" if computed == 0 else f"{computed} row(s) computed"
     typer.echo(f"demo finished in {time.perf_counter() - start:.1f}s: {summary}")
+
+
+@app.command()
+def bench(
+    only: Annotated[str | None, typer.Option(help="Run one benchmark: fit.")] = None,
+    rows: Annotated[int, typer.Option(help="Cached rows for the fit benchmark.")] = 80_000,
+    verbose: Verbose = False,
+) -> None:
+    """Measure the pipeline's speed figures and print each with its target."""
+    from pipeline.bench import bench_fit
+    from pipeline.log import setup_logging
+
+    setup_logging(verbose)
+    for figure in bench_fit(rows):
+        typer.echo(
+            f"{figure['figure']:<48} {figure['value']:>8} {figure['unit']:<4} target {figure['target']}"
+            f" {'ok' if figure['ok'] else 'MISSED'}"
+        )
 
 
 def main() -> None:

@@ -63,3 +63,22 @@ def make_images(root: Path, n_per_class: int = 40, seed: int = 0) -> Path:
                 Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp, format="PNG")
                 tmp.replace(path)
     return root
+
+
+def make_unseen(root: Path, n_per_class: int = 4, seed: int = 1) -> Path:
+    """An unlabelled folder for predict: new scenes of both kinds, and one truncated file."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_per_class):
+        for label, generator in enumerate(("real", *GENERATORS)):
+            path = root / f"{generator}-{i:02d}.png"
+            if path.exists():
+                continue
+            rng = np.random.default_rng([seed, label, i])
+            img = scene(rng)
+            if generator != "real":
+                img = add_artifact(img, generator, rng)
+            Image.fromarray((img * 255).round().astype(np.uint8)).save(path, format="PNG")
+    broken = root / "broken.png"
+    if not broken.exists():
+        broken.write_bytes((root / "real-00.png").read_bytes()[:300])
+    return root

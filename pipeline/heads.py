@@ -1,8 +1,13 @@
-"""Classification heads on the misalignment vector D, saved without pickle.
+"""Classification heads on the misalignment vector D, saved without pickle, plus calibration.
 
-The paper's head (Sec. III-C, IV-A): a two-layer MLP with two outputs, trained with
-cross-entropy and AdamW (lr 1e-3, weight decay 1e-3) for 50 epochs on D = w1*D_g + w2*D_l.
-Saved as safetensors + JSON; inference runs in numpy, so scoring needs no torch.
+The paper's head (Sec. III-C, IV-A): a two-layer MLP with two outputs, trained with cross-entropy
+and AdamW (lr 1e-3, weight decay 1e-3) for 50 epochs on D = w1*D_g + w2*D_l. LightGBM and logistic
+regression are the cheap alternatives. Every head exposes `logits(x)`, the log-odds that a row is
+fake (for the MLP: z_fake - z_real, so sigmoid(logit) is its softmax P(fake)).
+
+Saved formats: MLP and logistic regression as safetensors + JSON (scored with numpy, no torch
+needed); LightGBM in its own text format. A head folder holds `config.json` with the head's
+configuration, the feature fingerprint it was trained on and its calibration.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from pipeline.config import FitConfig
+from pipeline.registry import Registry
 
-WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+HEADS: Registry[type] = Registry("head")
 
 
 def feature_matrix(d_global: np.ndarray, d_local: np.ndarray, features: str, w1: float, w2: float) -> np.ndarray:
@@ -29,6 +35,49 @@ def feature_matrix(d_global: np.ndarray, d_local: np.ndarray, features: str, w1:
     if features == "local":
         return (w2 * d_local).astype(np.float32)
     return (w1 * d_global + w2 * d_local).astype(np.float32)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+class Head:
+    """Base of the heads: fit, log-odds, save and load (no pickle)."""
+
+    name: ClassVar[str]
+    weight_file: ClassVar[str]
+
+    def __init__(self, cfg: FitConfig) -> None:
+        self.cfg = cfg
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def save_weights(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def load_weights(self, directory: Path) -> None:
+        raise NotImplementedError
+
+
+class _NumpyWeights(Head):
+    """Heads whose parameters are a few arrays: safetensors on disk, numpy at inference."""
+
+    weight_file = "model.safetensors"
+    weights: dict[str, np.ndarray]
+
+    def save_weights(self, directory: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in self.weights.items()}, str(directory / self.weight_file))
+
+    def load_weights(self, directory: Path) -> None:
+        from safetensors.numpy import load_file
+
+        self.weights = load_file(str(directory / self.weight_file))
 
 
 def build_mlp(in_dim: int, hidden_dim: int, out_dim: int = 2):
@@ -48,63 +97,179 @@ def build_mlp(in_dim: int, hidden_dim: int, out_dim: int = 2):
     return Mlp()
 
 
-def train_mlp(x: np.ndarray, y: np.ndarray, cfg: FitConfig) -> dict[str, np.ndarray]:
-    """Train the MLP head on rows `x` with labels `y` (0 real, 1 fake); returns its weights."""
-    import torch
+@HEADS.register("mlp")
+class MlpHead(_NumpyWeights):
+    """The paper's head, trained with torch on rows held in memory (no data loader: rows are cached)."""
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_mlp(x.shape[1], cfg.hidden_dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    model.train()
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(xt), generator=gen)
-        for start in range(0, len(xt), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    name = "mlp"
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        import torch
+
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = build_mlp(x.shape[1], cfg.hidden_dim)
+        # fused: one kernel per step for all parameters (the per-tensor loop dominated small steps on CPU)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        model.train()
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(xt), generator=gen)
+            for start in range(0, len(xt), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(xt[idx]), yt[idx]).backward()
+                opt.step()
+        self.weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        w = {k: v.astype(np.float64) for k, v in self.weights.items()}
+        h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"], 0.0)
+        z = h @ w["fc2.weight"].T + w["fc2.bias"]
+        return z[:, 1] - z[:, 0]
 
 
-class NumpyMlp:
-    """Inference of a saved MLP head with numpy: P(fake) for rows of D."""
+@HEADS.register("logreg")
+class LogisticHead(_NumpyWeights):
+    """L2-regularised logistic regression (scikit-learn), stored as its coefficients."""
 
-    def __init__(self, weights: dict[str, np.ndarray], config: dict[str, Any]) -> None:
-        self.weights = weights
-        self.config = config
+    name = "logreg"
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.cfg.logreg_c, max_iter=2000, random_state=self.cfg.seed)
+        model.fit(x, y)
+        self.weights = {"coef": model.coef_[0].astype(np.float64), "intercept": model.intercept_.astype(np.float64)}
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64) @ self.weights["coef"] + self.weights["intercept"][0]
+
+
+@HEADS.register("lightgbm")
+class LightGBMHead(Head):
+    """Gradient-boosted trees (LightGBM), stored in LightGBM's text model format."""
+
+    name = "lightgbm"
+    weight_file = "model.lgbm.txt"
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        import lightgbm as lgb
+
+        params = {
+            "objective": "binary",
+            "learning_rate": self.cfg.lgbm_learning_rate,
+            "num_leaves": self.cfg.lgbm_num_leaves,
+            "seed": self.cfg.seed,
+            "deterministic": True,
+            "num_threads": os.cpu_count() or 1,
+            "verbosity": -1,
+        }
+        self.booster = lgb.train(params, lgb.Dataset(x, label=y), num_boost_round=self.cfg.lgbm_n_estimators)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(x, raw_score=True), dtype=np.float64)
+
+    def save_weights(self, directory: Path) -> None:
+        self.booster.save_model(str(directory / self.weight_file))
+
+    def load_weights(self, directory: Path) -> None:
+        import lightgbm as lgb
+
+        self.booster = lgb.Booster(model_file=str(directory / self.weight_file))
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of sigmoid(logit / T) on the rows given."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The decision threshold on P(fake) with the highest balanced accuracy on the rows given.
+
+    Candidates are midpoints between consecutive distinct scores (and the extremes); ties go to the
+    candidate closest to 0.5.
+    """
+    s = np.unique(np.asarray(scores, np.float64))
+    candidates = np.concatenate([[s[0] - 1e-9], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-9]]) if len(s) else np.array([0.5])
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores)[None, :] >= candidates[:, None]
+    tpr = (pred & y).sum(1) / max(y.sum(), 1)
+    tnr = (~pred & ~y).sum(1) / max((~y).sum(), 1)
+    balanced = (tpr + tnr) / 2
+    best = np.flatnonzero(np.isclose(balanced, balanced.max()))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def calibrate(head: Head, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
+    """Temperature and threshold fitted on validation rows only (never on test labels)."""
+    if len(y_val) == 0 or len(set(np.asarray(y_val).tolist())) < 2:
+        return {
+            "temperature": 1.0,
+            "threshold": 0.5,
+            "n": int(len(y_val)),
+            "fitted": False,
+            "note": "validation split missing or single-class: identity calibration",
+        }
+    z = head.logits(x_val)
+    t = fit_temperature(z, y_val)
+    return {"temperature": t, "threshold": best_threshold(sigmoid(z / t), y_val), "n": int(len(y_val)), "fitted": True}
+
+
+# --- saving and loading --------------------------------------------------------------------------
+
+
+class FittedHead:
+    """A head loaded from its folder, with its configuration and calibration."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.config = json.loads((self.directory / CONFIG).read_text())
+        fit = self.config["fit"]
+        self.fit_cfg = FitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fit.items()})
+        self.head: Head = HEADS.get(self.config["head"])(self.fit_cfg)
+        self.head.load_weights(self.directory)
+        self.calibration = self.config.get("calibration") or {"temperature": 1.0, "threshold": 0.5}
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def features(self, d_global: np.ndarray, d_local: np.ndarray) -> np.ndarray:
+        return feature_matrix(d_global, d_local, self.fit_cfg.features, self.fit_cfg.w1, self.fit_cfg.w2)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        w = self.weights
-        h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T.astype(np.float64) + w["fc1.bias"], 0.0)
-        logits = h @ w["fc2.weight"].T.astype(np.float64) + w["fc2.bias"]
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p[:, 1] / p.sum(axis=1)
+        """Uncalibrated P(fake)."""
+        return sigmoid(self.head.logits(x))
+
+    def predict_calibrated(self, x: np.ndarray) -> np.ndarray:
+        """P(fake) after temperature scaling fitted on the validation split."""
+        return sigmoid(self.head.logits(x) / self.calibration["temperature"])
 
 
-def save_head(directory: Path, weights: dict[str, np.ndarray], config: dict[str, Any]) -> Path:
-    """Write weights (safetensors) and config (JSON) into a temporary folder, then rename it into place."""
-    from safetensors.numpy import save_file
-
+def save_head(directory: Path, head: Head, config: dict[str, Any]) -> Path:
+    """Write weights and config into a temporary folder, then rename it into place (atomic)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    head.save_weights(tmp)
+    (tmp / CONFIG).write_text(json.dumps({"head": head.name, **config}, indent=2, sort_keys=True) + "\n")
     if directory.exists():
         shutil.rmtree(tmp)
         return directory
     os.replace(tmp, directory)
     return directory
-
-
-def load_head(directory: Path) -> NumpyMlp:
-    from safetensors.numpy import load_file
-
-    config = json.loads((directory / CONFIG).read_text())
-    return NumpyMlp(load_file(str(directory / WEIGHTS)), config)

@@ -1,4 +1,10 @@
-"""evaluate: ACC at 0.5 and AP (scikit-learn) of a fitted head, overall and per generator."""
+"""evaluate: score the test split with fitted heads; per generator and mean: ACC at 0.5, AP, AUC,
+real and fake accuracy, TPR at 1% and 5% FPR, and ACC at the calibrated threshold.
+
+Pairing rule: each generator is scored on its own rows. A generator with no real rows of its own
+(DiffusionForensics keeps reals per source) borrows the real rows of `<source>/real` when its name
+is `<source>/<generator>`, else the real rows of its dataset that have no generator.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +20,13 @@ import numpy as np
 import polars as pl
 
 from pipeline.executors import Executor
-from pipeline.heads import feature_matrix, load_head
+from pipeline.heads import FittedHead
+from pipeline.metrics import LABELS, METRICS, detection_metrics, mean_over, table
 from pipeline.stage import RunStats, Stage
 from stages import STAGES
 from stages.fit import LATEST, labelled_rows, to_numpy
 
 log = logging.getLogger(__name__)
-
-
-def metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """ACC at `threshold` and average precision; AP is null when only one class is present."""
-    from sklearn.metrics import accuracy_score, average_precision_score
-
-    out: dict[str, Any] = {"n": int(len(labels)), "n_fake": int(labels.sum())}
-    out["acc"] = float(accuracy_score(labels, scores >= threshold)) if len(labels) else None
-    out["ap"] = float(average_precision_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
-    return out
 
 
 def latest_model(store) -> Path:
@@ -39,16 +36,65 @@ def latest_model(store) -> Path:
     return store.models / marker.read_text().strip()
 
 
+def all_models(store) -> list[Path]:
+    return sorted(p.parent for p in store.models.glob("*/config.json")) if store.models.is_dir() else []
+
+
+def generator_groups(rows: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Row indices scored for each generator (the module's pairing rule)."""
+    gen = np.array(rows["generator"].to_list(), dtype=object)
+    datasets = np.array(rows["dataset"].to_list(), dtype=object)
+    real = rows["label"].to_numpy() == 0
+    names = {g for g in gen.tolist() if g is not None}
+    groups: dict[str, np.ndarray] = {}
+    for g in sorted(names):
+        if g.endswith("/real"):
+            continue  # a source's shared reals are scored with each of its generators
+        own = gen == g
+        if not (own & real).any():
+            source_reals = g.rsplit("/", 1)[0] + "/real" if "/" in g else None
+            if source_reals in names:
+                own = own | ((gen == source_reals) & real)
+            else:
+                own = own | (np.array([x is None for x in gen]) & np.isin(datasets, datasets[own]) & real)
+        groups[g] = np.flatnonzero(own)
+    return groups
+
+
+def evaluate_head(head: FittedHead, rows: pl.DataFrame, threshold: float) -> dict[str, Any]:
+    x = head.features(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]))
+    raw = head.predict_proba(x)
+    calibrated = head.predict_calibrated(x)
+    labels = rows["label"].to_numpy().astype(np.int64)
+    cal_threshold = head.calibration["threshold"]
+
+    def score(idx: np.ndarray) -> dict[str, Any]:
+        m = detection_metrics(labels[idx], raw[idx], threshold)
+        m["acc_calibrated"] = detection_metrics(labels[idx], calibrated[idx], cal_threshold)["acc"]
+        return m
+
+    groups = {g: score(idx) for g, idx in generator_groups(rows).items()}
+    result = {
+        "model": head.name,
+        "head": head.config["head"],
+        "calibration": head.calibration,
+        "all": score(np.arange(len(labels))),
+        "generators": groups,
+    }
+    result["mean"] = {m: mean_over(groups, m) for m in (*METRICS, "acc_calibrated")}
+    return result
+
+
 @STAGES.register("evaluate")
 class EvaluateStage(Stage):
-    """Scores the evaluation split with a head and writes metrics.json beside it and in reports/."""
+    """Scores the evaluation split with one or more heads; writes tables and metrics.json to reports/."""
 
     name = "evaluate"
     inputs = ("fit",)
 
-    def __init__(self, *args: Any, model: Path | None = None, **kw: Any) -> None:
+    def __init__(self, *args: Any, models: list[Path] | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.model = model
+        self.models = models
 
     def run(
         self,
@@ -57,9 +103,18 @@ class EvaluateStage(Stage):
         progress: Callable[[int], None] | None = None,
     ) -> RunStats:
         start = time.perf_counter()
-        model_dir = Path(self.model) if self.model else latest_model(self.store)
-        head = load_head(model_dir)
-        fit = head.config["fit"]
+        models = self.models or [latest_model(self.store)]
+        self.results = [self._evaluate(Path(m)) for m in models]
+        self.result = self.results[0]
+        self._write_reports()
+        stats = RunStats(
+            self.name, ",".join(r["model"] for r in self.results), ok=sum(r["all"]["n"] for r in self.results)
+        )
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _evaluate(self, model_dir: Path) -> dict[str, Any]:
+        head = FittedHead(model_dir)
         distance_fp = head.config["features"]["fingerprint"]
         split = self.cfg.split
         rows = labelled_rows(self.store, distance_fp, split)
@@ -70,61 +125,35 @@ class EvaluateStage(Stage):
         key = _evaluation_key(model_dir.name, split, self.cfg.threshold, rows)
         cached = model_dir / "metrics.json"
         if cached.exists() and json.loads(cached.read_text()).get("key") == key:
-            self.result = json.loads(cached.read_text())
             log.info("evaluate: %s on %s is up to date", model_dir.name, split)
-            return RunStats(self.name, model_dir.name, seconds=time.perf_counter() - start)
-        x = feature_matrix(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]), fit["features"], fit["w1"], fit["w2"])
-        scores = head.predict_proba(x)
-        labels = rows["label"].to_numpy().astype(np.int64)
+            return json.loads(cached.read_text())
         result = {
             "key": key,
-            "model": model_dir.name,
             "split": split,
             "threshold": self.cfg.threshold,
-            "all": metrics(labels, scores, self.cfg.threshold),
-            "generators": {},
+            **evaluate_head(head, rows, self.cfg.threshold),
         }
-        gens = rows["generator"].fill_null("(none)").to_numpy()
-        for g in sorted(set(gens.tolist())):
-            sel = gens == g
-            result["generators"][g] = metrics(labels[sel], scores[sel], self.cfg.threshold)
-        self._write(model_dir, result)
-        self.result = result
-        stats = RunStats(self.name, model_dir.name, todo=len(labels), ok=len(labels))
-        stats.seconds = time.perf_counter() - start
-        return stats
+        cached.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return result
 
-    def _write(self, model_dir: Path, result: dict[str, Any]) -> None:
-        text = json.dumps(result, indent=2, sort_keys=True) + "\n"
-        (model_dir / "metrics.json").write_text(text)
-        self.store.reports.mkdir(parents=True, exist_ok=True)
-        (self.store.reports / "metrics.json").write_text(text)
+    def _write_reports(self) -> None:
+        reports = self.store.reports
+        reports.mkdir(parents=True, exist_ok=True)
+        summary = {r["model"]: {"split": r["split"], "all": r["all"], "mean": r["mean"]} for r in self.results}
+        (reports / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        for metric in (*METRICS, "acc_calibrated"):
+            (reports / f"{metric}.csv").write_text(table(self.results, metric, markdown=False) + "\n")
+            (reports / f"{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(self.results, metric)}\n")
 
 
 def _evaluation_key(model: str, split: str, threshold: float, rows: pl.DataFrame) -> str:
     """Identifies an evaluation: head, split, threshold and the exact labelled rows scored."""
-    digest = hashlib.sha256(f"{model}|{split}|{threshold}|".encode())
+    digest = hashlib.sha256(f"v2|{model}|{split}|{threshold}|".encode())
     for image_id, label, generator in rows.select("image_id", "label", "generator").iter_rows():
         digest.update(f"{image_id}:{label}:{generator};".encode())
     return digest.hexdigest()[:16]
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """The metrics as a Markdown table: one row per generator, then the mean over generators and all rows."""
-
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.2f}"
-
-    lines = ["| generator | n | ACC@0.5 | AP |", "|---|---:|---:|---:|"]
-    gens = result["generators"]
-    for g, m in gens.items():
-        lines.append(f"| {g} | {m['n']} | {pct(m['acc'])} | {pct(m['ap'])} |")
-    aps = [m["ap"] for m in gens.values() if m["ap"] is not None]
-    accs = [m["acc"] for m in gens.values() if m["acc"] is not None]
-    if len(gens) > 1:
-        lines.append(
-            f"| mean | | {pct(float(np.mean(accs)) if accs else None)} | {pct(float(np.mean(aps)) if aps else None)} |"
-        )
-    a = result["all"]
-    lines.append(f"| all | {a['n']} | {pct(a['acc'])} | {pct(a['ap'])} |")
-    return "\n".join(lines)
+def format_tables(results: list[dict[str, Any]], metrics: tuple[str, ...] = ("acc", "ap")) -> str:
+    """The paper's Tables I/II layout for the given metrics, as Markdown."""
+    return "\n\n".join(f"{LABELS[m]} (%), split {results[0]['split']!r}:\n{table(results, m)}" for m in metrics)

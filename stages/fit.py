@@ -1,4 +1,5 @@
-"""fit: train the head on cached distance rows (no model stage runs) and save it under models/."""
+"""fit: train a head on cached distance rows (no model stage runs), calibrate it on the validation
+split, and save it under models/<head>-<fingerprint>/."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import polars as pl
 
 from pipeline.config import as_dict
 from pipeline.executors import Executor
-from pipeline.heads import feature_matrix, save_head, train_mlp
+from pipeline.heads import CONFIG, HEADS, calibrate, feature_matrix, save_head
 from pipeline.stage import RunStats, Stage
 from stages import STAGES
 
@@ -24,25 +25,33 @@ log = logging.getLogger(__name__)
 LATEST = "LATEST"
 
 
-def labelled_rows(store, distance_fp: str, split: str) -> pl.DataFrame:
-    """Distance rows with status ok joined to the manifest's labels, for one split, ordered by image_id."""
+def labelled_rows(store, distance_fp: str, split: str | None = None) -> pl.DataFrame:
+    """Distance rows with status ok joined to the manifest's labels (one split, or all), ordered by image_id."""
     distance = store.features("distance", distance_fp)
     if not distance.exists():
         raise FileNotFoundError(f"no distance rows under {distance.path}: run `item distance` first")
     d = pl.from_arrow(distance.read(["image_id", "d_global", "d_local", "status"]))
-    m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "split"]))
+    m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split"]))
     rows = (
         d.filter(pl.col("status") == "ok")
         .unique("image_id", keep="first")
         .join(m, on="image_id", how="inner")
-        .filter(pl.col("label").is_not_null() & (pl.col("split") == split))
-        .sort("image_id")
+        .filter(pl.col("label").is_not_null())
     )
-    return rows
+    if split is not None:
+        rows = rows.filter(pl.col("split") == split)
+    return rows.sort("image_id")
 
 
 def to_numpy(column: pl.Series) -> np.ndarray:
     return column.to_numpy().astype(np.float32)
+
+
+def rows_digest(rows: pl.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for image_id, label in rows.select("image_id", "label").iter_rows():
+        digest.update(f"{image_id}:{label};".encode())
+    return digest.hexdigest()[:16]
 
 
 @STAGES.register("fit")
@@ -59,20 +68,30 @@ class FitStage(Stage):
         return DistanceStage(self.pipeline, self.store).fingerprint
 
     @cached_property
-    def train(self) -> pl.DataFrame:
-        return labelled_rows(self.store, self.distance_fp, self.cfg.train_split)
+    def rows(self) -> pl.DataFrame:
+        return labelled_rows(self.store, self.distance_fp)
+
+    def split(self, name: str) -> pl.DataFrame:
+        return self.rows.filter(pl.col("split") == name)
 
     def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        digest = hashlib.sha256()
-        for image_id, label in zip(self.train["image_id"], self.train["label"], strict=True):
-            digest.update(f"{image_id}:{label};".encode())
-        ident["train_set"] = digest.hexdigest()[:16]
-        return ident
+        return {
+            "stage": self.name,
+            "version": self.version,
+            "config": self.cfg.identity(),
+            "inputs": {"distance": self.distance_fp},
+            "train_set": rows_digest(self.split(self.cfg.train_split)),
+            "calibration_set": rows_digest(self.split(self.cfg.calibration_split)),
+        }
 
     @property
     def model_dir(self) -> Path:
         return self.store.models / f"{self.cfg.head}-{self.fingerprint}"
+
+    def matrix(self, rows: pl.DataFrame) -> np.ndarray:
+        return feature_matrix(
+            to_numpy(rows["d_global"]), to_numpy(rows["d_local"]), self.cfg.features, self.cfg.w1, self.cfg.w2
+        )
 
     def run(
         self,
@@ -83,41 +102,44 @@ class FitStage(Stage):
         start = time.perf_counter()
         stats = RunStats(self.name, self.fingerprint)
         target = self.model_dir
-        if (target / "model.safetensors").exists():
+        if (target / CONFIG).exists():
             log.info("fit [%s]: head already fitted at %s", self.fingerprint, target)
         else:
-            labels = self.train["label"].to_numpy()
-            if len(labels) == 0 or len(set(labels.tolist())) < 2:
+            train = self.split(self.cfg.train_split)
+            labels = train["label"].to_numpy()
+            if len(set(labels.tolist())) < 2:
                 raise ValueError(
                     f"fit: the {self.cfg.train_split!r} split needs labelled real and fake rows "
                     f"(has {len(labels)} row(s), classes {sorted(set(labels.tolist()))})"
                 )
-            x = feature_matrix(
-                to_numpy(self.train["d_global"]),
-                to_numpy(self.train["d_local"]),
-                self.cfg.features,
-                self.cfg.w1,
-                self.cfg.w2,
-            )
             stats.todo = len(labels)
-            weights = train_mlp(x, labels, self.cfg)
+            head = HEADS.get(self.cfg.head)(self.cfg)
+            head.fit(self.matrix(train), labels)
+            val = self.split(self.cfg.calibration_split)
+            calibration = calibrate(head, self.matrix(val), val["label"].to_numpy())
             save_head(
                 target,
-                weights,
+                head,
                 {
-                    "head": self.cfg.head,
                     "fit": as_dict(self.cfg),
                     "identity": self.identity(),
+                    "calibration": calibration,
                     "features": {"stage": "distance", "fingerprint": self.distance_fp},
-                    "in_dim": int(x.shape[1]),
+                    "pipeline": {
+                        "profile": self.pipeline.profile,
+                        "stages": {k: as_dict(v) for k, v in self.pipeline.stages.items()},
+                    },
+                    "in_dim": int(train["d_global"].dtype.size),
                     "n_train": int(len(labels)),
                     "n_fake": int(labels.sum()),
+                    "seconds": round(time.perf_counter() - start, 3),
                 },
             )
             stats.ok = len(labels)
             log.info(
-                "fit [%s]: trained on %d rows in %.1fs -> %s",
+                "fit [%s]: %s trained on %d rows in %.1fs -> %s",
                 self.fingerprint,
+                self.cfg.head,
                 len(labels),
                 time.perf_counter() - start,
                 target,

@@ -13,6 +13,8 @@ new image, or, for bytes already in the manifest, only a `sources` row naming th
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import logging
 import os
 import time
@@ -27,6 +29,7 @@ import pyarrow as pa
 from pipeline.executors import Executor
 from pipeline.imageio import ImageDecodeError, decode
 from pipeline.keys import image_id_of_bytes
+from pipeline.registry import Registry
 from pipeline.schemas import MANIFEST, SOURCES, STATUS_ERROR, STATUS_OK
 from pipeline.stage import RunStats, Stage
 from stages import STAGES
@@ -34,6 +37,7 @@ from stages import STAGES
 log = logging.getLogger(__name__)
 
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
+GENIMAGE_DIRS = {"nature": 0, "ai": 1}
 SPLIT_DIRS = ("train", "val", "test")
 LABEL_WORDS = {"0": 0, "1": 1, "real": 0, "fake": 1}
 LIST_SUFFIXES = (".csv", ".parquet")
@@ -51,20 +55,63 @@ class Source:
     caption: str | None = None
 
 
-def sources_from_folder(root: Path, dataset: str | None = None) -> Iterator[Source]:
+FolderInfo = tuple[int | None, str | None, str | None]  # label, generator, split
+LAYOUTS: Registry[Callable[[tuple[str, ...], str], FolderInfo]] = Registry("folder layout")
+
+
+@LAYOUTS.register("cnndetection")
+def cnndetection(parts: tuple[str, ...], root: str) -> FolderInfo:
+    """CNNDetection and UniversalFakeDetect's diffusion sets: `<generator>/[<class>/]0_real|1_fake`."""
+    label = next((LABEL_DIRS[p] for p in parts if p in LABEL_DIRS), None)
+    split = next((p for p in parts if p in SPLIT_DIRS), None)
+    first = parts[0] if parts else None
+    generator = root if first is None or first in LABEL_DIRS or first in SPLIT_DIRS else first
+    return label, generator, split
+
+
+@LAYOUTS.register("genimage")
+def genimage(parts: tuple[str, ...], root: str) -> FolderInfo:
+    """GenImage: `<generator>/.../{train,val}/{ai,nature}`."""
+    label = next((GENIMAGE_DIRS[p] for p in parts if p in GENIMAGE_DIRS), None)
+    split = next((p for p in parts if p in SPLIT_DIRS), None)
+    return label, parts[0] if parts else root, split
+
+
+@LAYOUTS.register("diffusionforensics")
+def diffusionforensics(parts: tuple[str, ...], root: str) -> FolderInfo:
+    """DiffusionForensics: `{train,val,test}/<source>/<generator>`, reals in `<source>/real`.
+
+    The generator is named `<source>/<generator>` (e.g. `lsun_bedroom/adm`) so that evaluation can
+    pair each generator with its source's real images.
+    """
+    if len(parts) < 3:
+        return None, None, parts[0] if parts and parts[0] in SPLIT_DIRS else None
+    split, source, generator = parts[0], parts[1], parts[2]
+    return (0 if generator == "real" else 1), f"{source}/{generator}", split if split in SPLIT_DIRS else None
+
+
+@LAYOUTS.register("auto")
+def auto(parts: tuple[str, ...], root: str) -> FolderInfo:
+    """Per file: `ai`/`nature` folders mean GenImage; a split folder first and no 0_real/1_fake
+    folder with at least three levels means DiffusionForensics; otherwise CNNDetection's rules."""
+    if any(p in GENIMAGE_DIRS for p in parts):
+        return genimage(parts, root)
+    if len(parts) >= 3 and parts[0] in SPLIT_DIRS and not any(p in LABEL_DIRS for p in parts):
+        return diffusionforensics(parts, root)
+    return cnndetection(parts, root)
+
+
+def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
     """Every file under `root` (sorted, hidden files skipped) with label/generator/split from its folders."""
     root = root.resolve()
+    rule = LAYOUTS.get(layout)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            parts = path.relative_to(root).parts[:-1]
-            label = next((LABEL_DIRS[p] for p in parts if p in LABEL_DIRS), None)
-            split = next((p for p in parts if p in SPLIT_DIRS), None)
-            first = parts[0] if parts else None
-            generator = root.name if first is None or first in LABEL_DIRS or first in SPLIT_DIRS else first
+            label, generator, split = rule(path.relative_to(root).parts[:-1], root.name)
             yield Source(str(path), label, generator, dataset or root.name, split)
 
 
@@ -102,12 +149,39 @@ def _parse_label(value: Any, where: Path) -> int | None:
     return LABEL_WORDS[key]
 
 
-def discover(inputs: Iterable[str | Path], dataset: str | None = None) -> Iterator[Source]:
-    """Sources from folders, list files and single image files."""
+def expand(inputs: Iterable[str | Path]) -> list[Path]:
+    """Paths as given, with shell-style globs (`*`, `?`, `[`) expanded in sorted order."""
+    out: list[Path] = []
     for item in inputs:
-        path = Path(item)
+        text = str(item)
+        if any(c in text for c in "*?[") and not Path(text).exists():
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {text}")
+            out.extend(Path(m) for m in matches)
+        else:
+            out.append(Path(text))
+    return out
+
+
+def discover(
+    inputs: Iterable[str | Path],
+    dataset: str | None = None,
+    layout: str = "auto",
+    generator: str | None = None,
+    split: str | None = None,
+) -> Iterator[Source]:
+    """Sources from folders, list files, globs and single image files; `generator`/`split` override."""
+    for source in _discover(expand(inputs), dataset, layout):
+        if generator is not None or split is not None:
+            source = dataclasses.replace(source, generator=generator or source.generator, split=split or source.split)
+        yield source
+
+
+def _discover(inputs: list[Path], dataset: str | None, layout: str) -> Iterator[Source]:
+    for path in inputs:
         if path.is_dir():
-            yield from sources_from_folder(path, dataset)
+            yield from sources_from_folder(path, dataset, layout)
         elif path.suffix.lower() in LIST_SUFFIXES:
             yield from sources_from_list(path, dataset)
         elif path.exists():
@@ -130,10 +204,30 @@ class IngestStage(Stage):
 
     name = "ingest"
 
-    def __init__(self, *args: Any, inputs: Iterable[str | Path] = (), dataset: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        inputs: Iterable[str | Path] = (),
+        dataset: str | None = None,
+        layout: str = "auto",
+        generator: str | None = None,
+        split: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
+        LAYOUTS.get(layout)  # an unknown layout fails before any work
         self.paths = list(inputs)
-        self.dataset = dataset
+        self.options = {"dataset": dataset, "layout": layout, "generator": generator, "split": split}
+
+    def sources(self) -> list[Source]:
+        """The files the inputs name, in order (a path listed twice is one file)."""
+        return list({s.path: s for s in discover(self.paths, **self.options)}.values())
+
+    def image_ids(self, sources: list[Source]) -> list[str | None]:
+        """The image_id of each source path as ingest recorded it (None if not ingested)."""
+        table = self.store.sources.read(["path", "image_id"])
+        known = dict(zip(table.column("path").to_pylist(), table.column("image_id").to_pylist(), strict=True))
+        return [known.get(s.path) for s in sources]
 
     def run(
         self,
@@ -145,8 +239,7 @@ class IngestStage(Stage):
         stats = RunStats(self.name, "manifest")
         seen = self._seen_files()
         known_ids = self.store.manifest.ids()
-        todo = [s for s in discover(self.paths, self.dataset) if not self._unchanged(s, seen)]
-        todo = list({s.path: s for s in todo}.values())  # a path listed twice is one file
+        todo = [s for s in self.sources() if not self._unchanged(s, seen)]
         stats.todo = len(todo)
         if not todo:
             log.info("ingest: nothing new to ingest")

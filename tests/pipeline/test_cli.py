@@ -22,7 +22,7 @@ def item(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_help_explains_every_command(tmp_path):
     out = item("--help", cwd=tmp_path)
     assert out.returncode == 0
-    for command in ("ingest", "caption", "ground", "embed", "distance", "fit", "evaluate", "status", "demo"):
+    for command in ("ingest", "caption", "ground", "embed", "distance", "fit", "evaluate", "predict", "status", "demo"):
         assert command in out.stdout
     assert "Grounding DINO" in item("ground", "--help", cwd=tmp_path).stdout
 
@@ -39,11 +39,18 @@ def test_stage_commands_end_to_end_then_nothing_to_redo(tmp_path):
         assert run.returncode == 0, run.stderr
         assert "computed 16 row(s): 16 ok" in run.stdout or stage == "fit"
     evaluation = item("evaluate", *common, cwd=tmp_path)
-    assert evaluation.returncode == 0 and "| all |" in evaluation.stdout
+    assert evaluation.returncode == 0 and "| method | toydiff | toygan | mean |" in evaluation.stdout
+    assert "AP (%)" in evaluation.stdout and "ACC (calibrated) (%)" in evaluation.stdout
     status = item("status", *common, cwd=tmp_path)
     lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()[2:] if line.strip()}
     for stage in ("ingest", "caption", "ground", "embed", "distance"):
         assert lines[stage][2:5] == ["16", "0", "0"], status.stdout
+    out = tmp_path / "pred.json"
+    predicted = item(
+        "predict", str(images / "toygan" / "1_fake"), "--out", str(out), "--data-dir", str(data), cwd=tmp_path
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert "predict: 4 file(s)" in predicted.stdout and out.exists()
     again = item("caption", *common, cwd=tmp_path)
     assert "nothing to compute" in again.stdout
     vectors = pl.scan_parquet(str(data / "features/distance/**/*.parquet")).collect()
@@ -59,6 +66,8 @@ def test_errors_are_one_clear_line(tmp_path):
 def test_demo_twice_recomputes_nothing(tmp_path):
     first = item("demo", "--data-dir", str(tmp_path / "d"), "--n-per-class", "3", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "row(s) computed" in first.stdout and "| all |" in first.stdout
+    assert "row(s) computed" in first.stdout and "| method | toydiff | toygan | mean |" in first.stdout
+    assert "predict on 13 unseen file(s)" in first.stdout
+    assert "broken.png" in first.stdout and "ingest: corrupt or truncated image" in first.stdout
     second = item("demo", "--data-dir", str(tmp_path / "d"), "--n-per-class", "3", cwd=tmp_path)
     assert "nothing recomputed: every stage was up to date" in second.stdout
