@@ -45,13 +45,27 @@ def _register_tiny() -> str:
     return TINY_CLIP_NAME
 
 
+def square_resize(image, size: int):
+    """Resize the short side to `size` and centre-crop the long side, done as crop-then-resize.
+
+    The same pixels as resizing first (open_clip's preprocessing), without materialising a huge
+    intermediate for extreme shapes (a 20000x4 image would become 1,120,000x224 first).
+    """
+    from PIL import Image
+
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
 class ClipEncoder:
     """open_clip model, tokenizer and the two image transforms the embed stage uses.
 
     `image_transform` prepares the whole image: a centre crop at the model's input size (the
-    paper's choice; images smaller than that are first upscaled so their short side fits), or
-    open_clip's resize-then-crop. `crop_transform` prepares object crops: resize the short side to
-    the input size, then centre-crop (open_clip's own preprocessing), since crops come in any size.
+    paper's choice; an image smaller than that on a side is first upscaled so its short side fits),
+    or open_clip's resize-then-crop. `crop_transform` prepares object crops the open_clip way, since
+    crops come in any size. Both end with open_clip's normalisation for the model.
     """
 
     def __init__(self, cfg: EmbedConfig, device: str = "auto") -> None:
@@ -83,25 +97,23 @@ class ClipEncoder:
         return int(size[0] if isinstance(size, tuple | list) else size)
 
     @cached_property
-    def image_transform(self):
+    def _normalize(self):
         from torchvision import transforms as T
 
-        _, preprocess, _ = self._loaded
-        if self.cfg.image_crop == "resize_center":
-            return preprocess
+        return T.Compose([T.ToTensor(), [t for t in self._loaded[1].transforms if isinstance(t, T.Normalize)][0]])
+
+    def image_transform(self, image):
+        """The whole image: a plain centre crop at the input size (the paper), or resize-then-crop."""
         size = self.input_size
-        normalize = [t for t in preprocess.transforms if isinstance(t, T.Normalize)][0]
+        if self.cfg.image_crop == "center" and min(image.size) >= size:
+            w, h = image.size
+            left, top = (w - size) // 2, (h - size) // 2
+            return self._normalize(image.crop((left, top, left + size, top + size)))
+        return self._normalize(square_resize(image, size))
 
-        def upscale_small(img):
-            if min(img.size) >= size:
-                return img
-            return T.functional.resize(img, size, interpolation=T.InterpolationMode.BICUBIC)
-
-        return T.Compose([T.Lambda(upscale_small), T.CenterCrop(size), T.ToTensor(), normalize])
-
-    @property
-    def crop_transform(self):
-        return self._loaded[1]
+    def crop_transform(self, image):
+        """An object crop: open_clip's resize-short-side-then-centre-crop."""
+        return self._normalize(square_resize(image, self.input_size))
 
     def encode_images(self, batch) -> Any:
         """Raw (unnormalised) image embeddings, float32 on the CPU."""

@@ -12,6 +12,8 @@ import logging
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import TINY_PREFIX, GroundConfig
 from pipeline.models import GROUNDERS, resolve_device, torch_dtype
 
@@ -31,8 +33,30 @@ def clean_phrase(phrase: str) -> str:
     return " ".join(phrase.split()).strip(" .")
 
 
+MAX_ASPECT = 8.0
+
+
+def pad_to_aspect(image, max_aspect: float = MAX_ASPECT):
+    """Pad an extremely long image on its right or bottom (black) so that long/short <= max_aspect.
+
+    Detectors resize the short side up and cap the long side; past a ratio of a few hundred the
+    short side rounds to zero pixels. Padding right/bottom leaves box coordinates unchanged; boxes
+    are clipped back to the real image afterwards.
+    """
+    from PIL import Image
+
+    w, h = image.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return image
+    size = (w, int(np.ceil(w / max_aspect))) if w > h else (int(np.ceil(h / max_aspect)), h)
+    canvas = Image.new("RGB", size)
+    canvas.paste(image, (0, 0))
+    return canvas
+
+
 def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> list[Obj]:
-    """Apply the shared rules: drop empty phrases, clip boxes, keep the best `max_objects`."""
+    """Apply the shared rules: drop empty phrases, clip boxes to the image (dropping boxes that lie
+    wholly outside it), keep the best `max_objects`."""
     kept = []
     for obj in objects:
         phrase = clean_phrase(obj["phrase"])
@@ -40,6 +64,8 @@ def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> lis
             continue
         x0, y0, x1, y1 = obj["box"]
         box = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue
         kept.append({"phrase": phrase, "box": [float(v) for v in box], "score": float(obj["score"])})
     kept.sort(key=lambda o: -o["score"])
     return kept[:max_objects]
@@ -84,6 +110,8 @@ class TransformersGroundingDino:
         import torch
 
         model, processor = self._loaded
+        originals = [(im.height, im.width) for im in images]
+        images = [pad_to_aspect(im) for im in images]
         inputs = processor(images=images, text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
@@ -98,7 +126,7 @@ class TransformersGroundingDino:
             target_sizes=sizes,
         )
         out = []
-        for r, (h, w) in zip(results, sizes, strict=True):
+        for r, (h, w) in zip(results, originals, strict=True):
             objects = [
                 {"phrase": p, "box": b, "score": s}
                 for p, b, s in zip(

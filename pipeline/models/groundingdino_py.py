@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.config import GroundConfig
 from pipeline.models import GROUNDERS, resolve_device
-from pipeline.models.grounders import Obj, finish, prompt_of
+from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ class GroundingDinoPy:
             ]
         )
         out = []
-        for image, caption in zip(images, captions, strict=True):
+        for original, caption in zip(images, captions, strict=True):
+            image = pad_to_aspect(original)
             tensor, _ = transform(image, None)
             with torch.inference_mode():
                 boxes, scores, phrases = predict(
@@ -135,5 +136,5 @@ class GroundingDinoPy:
             for (cx, cy, bw, bh), score, phrase in zip(boxes.tolist(), scores.tolist(), phrases, strict=True):
                 box = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
                 objects.append({"phrase": phrase, "box": box, "score": score})
-            out.append(finish(objects, w, h, self.cfg.max_objects))
+            out.append(finish(objects, original.width, original.height, self.cfg.max_objects))
         return out
