@@ -98,12 +98,13 @@ def _stage_command(name: str, doc: str):
         device: Device = None,
         batch_size: BatchSize = None,
         chunk_size: ChunkSize = None,
+        retry_errors: Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")] = False,
         verbose: Verbose = False,
     ) -> None:
         config, store = _setup(
             data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
         )
-        _run(name, config, store)
+        _run(name, config, store, retry_errors=retry_errors)
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -307,6 +308,27 @@ def demo(
 
 
 @app.command()
+def check(
+    quarantine: Annotated[bool, typer.Option(help="Move unreadable or foreign part files to quarantine/.")] = False,
+    data_dir: DataDir = Path("data"),
+    verbose: Verbose = False,
+) -> None:
+    """Read every part file under the data directory; report (or quarantine) the ones that are not
+    readable Parquet with an image_id and status column."""
+    from pipeline.store import check_parts
+
+    _setup(data_dir, None, Path("/nonexistent"), verbose)
+    bad = check_parts(data_dir, quarantine=quarantine)
+    for path, reason in bad:
+        typer.echo(f"{'quarantined' if quarantine else 'bad'}: {path}: {reason}")
+    typer.echo(
+        f"check: {len(bad)} bad part file(s)" + (f", moved to {data_dir / 'quarantine'}" if bad and quarantine else "")
+    )
+    if bad and not quarantine:
+        raise typer.Exit(1)
+
+
+@app.command()
 def bench(
     only: Annotated[str | None, typer.Option(help="Run one benchmark: fit.")] = None,
     rows: Annotated[int, typer.Option(help="Cached rows for the fit benchmark.")] = 80_000,
@@ -328,11 +350,11 @@ def main() -> None:
     from pipeline.config import ConfigError
     from pipeline.registry import UnknownNameError
     from pipeline.stage import SystemicError
-    from pipeline.store import StoreError
+    from pipeline.store import LockedError, StoreError
 
     try:
         app()
-    except (ConfigError, UnknownNameError, StoreError, SystemicError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, UnknownNameError, StoreError, LockedError, SystemicError, FileNotFoundError, ValueError) as e:
         log.debug("failed", exc_info=True)
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None

@@ -32,6 +32,7 @@ class IngestConfig:
 
     max_image_pixels: int = 89_478_485  # Pillow's default decompression-bomb limit
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test when no split is given
+    decode_timeout: float = 60.0  # seconds per file, decoded in a worker process; 0: in-process, no limit
 
     def __post_init__(self) -> None:
         if self.max_image_pixels <= 0:

@@ -24,9 +24,14 @@ def make_stage(name: str, config: PipelineConfig, store: Store, **kwargs: Any) -
 
 
 def run_stage(
-    name: str, config: PipelineConfig, store: Store, progress: Callable[[int], None] | None = None, **kwargs: Any
+    name: str,
+    config: PipelineConfig,
+    store: Store,
+    progress: Callable[[int], None] | None = None,
+    retry_errors: bool = False,
+    **kwargs: Any,
 ) -> RunStats:
-    return make_stage(name, config, store, **kwargs).run(progress=progress)
+    return make_stage(name, config, store, **kwargs).run(progress=progress, retry_errors=retry_errors)
 
 
 @dataclass

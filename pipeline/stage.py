@@ -161,10 +161,21 @@ class FeatureStage(Stage):
         upstream = get_stage_class(name)(self.pipeline, self.store)
         return self.store.features(name, upstream.fingerprint, None)
 
-    def todo(self, ids: Iterable[str] | None = None) -> list[str]:
-        """Driver ids without a row in the output, in driver order (optionally only `ids`)."""
-        driver = self.input_dir(self.inputs[0]).key_table().column("image_id")
-        done = self.store.features(self.name, self.fingerprint).key_table().column("image_id")
+    def todo(self, ids: Iterable[str] | None = None, retry_errors: bool = False) -> list[str]:
+        """Driver ids without a row in the output, in driver order (optionally only `ids`).
+
+        With `retry_errors`, ids whose rows are all errors are computed again too (the new row
+        supersedes the old one for every reader).
+        """
+        source = self.input_dir(self.inputs[0])
+        if not source.exists():
+            hint = "`item ingest PATH`" if self.inputs[0] == MANIFEST else f"`item {self.inputs[0]}`"
+            raise FileNotFoundError(
+                f"{self.name} reads {self.inputs[0]} rows from {source.path}, and there are "
+                f"none for this configuration: run {hint} first"
+            )
+        driver = source.key_table().column("image_id")
+        done = pa.array(list(self.store.features(self.name, self.fingerprint).ids(ok_only=retry_errors)), pa.string())
         mask = pc.invert(pc.is_in(driver, value_set=done))
         if ids is not None:
             mask = pc.and_(mask, pc.is_in(driver, value_set=pa.array(list(ids), pa.string())))
@@ -175,11 +186,19 @@ class FeatureStage(Stage):
         ids: Iterable[str] | None = None,
         executor: Executor | None = None,
         progress: Callable[[int], None] | None = None,
+        retry_errors: bool = False,
     ) -> RunStats:
+        out = self.store.features(self.name, self.fingerprint)
+        if not out.path.is_dir() and not self.todo(ids):  # nothing to do: leave no empty folder behind
+            return RunStats(self.name, self.fingerprint)
+        with out.lock(f"{self.name} [{self.fingerprint}]"):
+            return self._run_locked(ids, executor, progress, retry_errors)
+
+    def _run_locked(self, ids, executor, progress, retry_errors: bool) -> RunStats:
         start = time.perf_counter()
         fp = self.fingerprint
         stats = RunStats(self.name, fp)
-        todo = self.todo(ids)
+        todo = self.todo(ids, retry_errors)
         stats.todo = len(todo)
         if not todo:
             log.info("%s [%s]: nothing to compute", self.name, fp)

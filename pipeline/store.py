@@ -14,12 +14,15 @@ have no row yet in its directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +36,18 @@ PART_GLOB = "part-*.parquet"
 METADATA_KEY = b"item"
 
 
+TMP_GLOB = ".part-*.tmp"
+# Fault injection for the kill tests: seconds to sleep between writing a part's temporary file and
+# renaming it, which widens the window in which a SIGKILL lands mid-write. Unset in normal use.
+WRITE_DELAY_ENV = "ITEM_FAULT_WRITE_DELAY"
+
+
 class StoreError(RuntimeError):
     """A problem with files in the store (unreadable part, foreign schema)."""
+
+
+class LockedError(RuntimeError):
+    """Another live process is writing the same stage output."""
 
 
 class PartDir:
@@ -75,6 +88,8 @@ class PartDir:
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if os.environ.get(WRITE_DELAY_ENV):
+            time.sleep(float(os.environ[WRITE_DELAY_ENV]))
         os.replace(tmp, final)
         _fsync_dir(self.path)
         return final
@@ -83,59 +98,75 @@ class PartDir:
         try:
             return pq.read_table(part, columns=columns)
         except (pa.ArrowInvalid, OSError, KeyError) as e:
-            raise StoreError(f"cannot read part file {part}: {e}") from e
+            raise StoreError(
+                f"cannot read part file {part}: {e} (move it away, or run `item check --quarantine`)"
+            ) from e
 
     def key_table(self) -> pa.Table:
-        """The key column (and status) of every part, with the part each row came from."""
+        """Key and status of every row, with the part (`_part`) and row within it (`_row`) it came from."""
         tables = []
+        has_status = self.schema is None or "status" in self.schema.names
         for i, part in enumerate(self.parts()):
-            t = self.read_part(part, [self.key, "status"])
-            tables.append(t.append_column("_part", pa.array([i] * t.num_rows, pa.int32())))
+            t = self.read_part(part, [self.key, "status"] if has_status else [self.key])
+            if not has_status:  # e.g. sources/: every row counts
+                t = t.append_column("status", pa.array(["ok"] * t.num_rows, pa.string()))
+            tables.append(
+                t.append_column("_part", pa.array([i] * t.num_rows, pa.int32())).append_column(
+                    "_row", pa.array(range(t.num_rows), pa.int64())
+                )
+            )
         if not tables:
             return pa.table(
                 {
                     self.key: pa.array([], pa.string()),
                     "status": pa.array([], pa.string()),
                     "_part": pa.array([], pa.int32()),
+                    "_row": pa.array([], pa.int64()),
                 }
             )
         return pa.concat_tables(tables)
 
-    def ids(self) -> set[str]:
-        """Every key that has a row."""
-        return set(self.key_table().column(self.key).to_pylist())
+    def ids(self, ok_only: bool = False) -> set[str]:
+        """Every key that has a row (with `ok_only`, a row with status ok)."""
+        keys = self.key_table()
+        if ok_only:
+            keys = keys.filter(pc.equal(keys.column("status"), "ok"))
+        return set(keys.column(self.key).to_pylist())
+
+    def _current(self, keys: pa.Table) -> pa.Table:
+        """One row per key: an ok row over an error row, then the newest (a retried row supersedes)."""
+        import polars as pl
+
+        frame = pl.from_arrow(keys).with_columns((pl.col("status") == "ok").alias("_ok"))
+        chosen = frame.sort(["_ok", "_part", "_row"]).unique(self.key, keep="last", maintain_order=True)
+        return chosen.sort(["_part", "_row"]).to_arrow()
 
     def read(self, columns: list[str] | None = None, ids: Iterable[str] | None = None) -> pa.Table:
-        """All rows (optionally only `columns` and only the keys in `ids`)."""
-        wanted = None if ids is None else pa.array(sorted(set(ids)), pa.string())
+        """The current row of every key (optionally only `columns` and only the keys in `ids`)."""
+        keys = self.key_table()
+        if ids is not None:
+            keys = keys.filter(pc.is_in(keys.column(self.key), value_set=pa.array(list(set(ids)), pa.string())))
+        chosen = self._current(keys)
+        all_parts = self.parts()
         tables = []
-        for part in self.parts():
-            t = self.read_part(part, columns)
-            if wanted is not None:
-                t = t.filter(pc.is_in(t.column(self.key), value_set=wanted))
-            tables.append(t)
+        for part, rows in _rows_by_part(chosen):
+            tables.append(self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64())))
         if not tables:
-            return self.empty(columns)
+            return self.empty(columns) if self.schema is not None else pa.table({})
         return pa.concat_tables(tables, promote_options="default")
 
     def iter_rows(self, columns: list[str], ids: set[str], chunk_size: int) -> Iterator[pa.Table]:
-        """Stream the rows of `ids` in chunks of at most `chunk_size`, one part file in memory at a time.
+        """Stream the current rows of `ids` in chunks of at most `chunk_size`, one part file in memory at a time.
 
-        Only parts that hold a wanted key are opened. Each key is yielded once (its first row).
+        Only parts that hold a wanted row are opened.
         """
         keys = self.key_table()
-        wanted = pa.array(sorted(ids), pa.string())
-        mask = pc.is_in(keys.column(self.key), value_set=wanted)
-        parts = sorted(set(keys.filter(mask).column("_part").to_pylist()))
+        keys = keys.filter(pc.is_in(keys.column(self.key), value_set=pa.array(sorted(ids), pa.string())))
         all_parts = self.parts()
-        seen: set[str] = set()
         pending: list[pa.Table] = []
         n_pending = 0
-        for i in parts:
-            t = self.read_part(all_parts[i], columns)
-            keep = [k not in seen and k in ids for k in t.column(self.key).to_pylist()]
-            t = t.filter(pa.array(keep, pa.bool_()))
-            seen.update(t.column(self.key).to_pylist())
+        for part, rows in _rows_by_part(self._current(keys)):
+            t = self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64()))
             while t.num_rows:
                 take = min(chunk_size - n_pending, t.num_rows)
                 pending.append(t.slice(0, take))
@@ -146,6 +177,49 @@ class PartDir:
                     pending, n_pending = [], 0
         if pending:
             yield pa.concat_tables(pending)
+
+    def remove_temporary(self) -> int:
+        """Delete temporary files left by killed writers (call only while holding the lock)."""
+        n = 0
+        for tmp in self.path.glob(TMP_GLOB) if self.path.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    @contextmanager
+    def lock(self, what: str) -> Iterator[None]:
+        """Hold this directory's writer lock (an OS lock: a killed holder releases it at once).
+
+        Raises:
+            LockedError: naming the live holder (pid, host, start time).
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(
+                f"{what} is already being computed into {self.path} by {holder}; "
+                "wait for it to finish (the lock goes away when that process ends)"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd,
+                f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+                0,
+            )
+            removed = self.remove_temporary()
+            if removed:
+                log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, self.path)
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def empty(self, columns: list[str] | None = None) -> pa.Table:
         if self.schema is None:
@@ -162,6 +236,44 @@ class PartDir:
         tmp = self.path / f".config.json.{uuid.uuid4().hex[:8]}.tmp"
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, target)
+
+
+def check_parts(root: str | Path, quarantine: bool = False) -> list[tuple[Path, str]]:
+    """Every part file under `root` that is not readable Parquet keyed by image_id (or path) with a status.
+
+    With `quarantine`, such files move to `root/quarantine/<same relative path>`, out of every reader's way.
+    """
+    root = Path(root)
+    bad = []
+    for part in sorted(root.rglob(PART_GLOB)):
+        if "quarantine" in part.relative_to(root).parts:
+            continue
+        try:
+            names = pq.read_schema(part).names
+            key = "path" if part.parent.name == "sources" else "image_id"
+            missing = [c for c in (key, "status") if c not in names and not (c == "status" and key == "path")]
+            reason = f"not a part of this store: no column {', '.join(missing)}" if missing else None
+            if reason is None:
+                pq.read_table(part, columns=[key])
+        except (pa.ArrowInvalid, OSError) as e:
+            reason = f"unreadable Parquet: {e}"
+        if reason:
+            bad.append((part, reason))
+            if quarantine:
+                target = root / "quarantine" / part.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, target)
+    return bad
+
+
+def _rows_by_part(chosen: pa.Table) -> Iterator[tuple[int, list[int]]]:
+    """(part index, row indices in it) for the chosen rows, parts in order."""
+    parts = chosen.column("_part").to_pylist()
+    rows = chosen.column("_row").to_pylist()
+    grouped: dict[int, list[int]] = {}
+    for p, r in zip(parts, rows, strict=True):
+        grouped.setdefault(p, []).append(r)
+    yield from sorted(grouped.items())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -101,6 +101,7 @@ class EvaluateStage(Stage):
         ids: Iterable[str] | None = None,
         executor: Executor | None = None,
         progress: Callable[[int], None] | None = None,
+        retry_errors: bool = False,
     ) -> RunStats:
         start = time.perf_counter()
         models = self.models or [latest_model(self.store)]

@@ -98,6 +98,7 @@ class FitStage(Stage):
         ids: Iterable[str] | None = None,
         executor: Executor | None = None,
         progress: Callable[[int], None] | None = None,
+        retry_errors: bool = False,
     ) -> RunStats:
         start = time.perf_counter()
         stats = RunStats(self.name, self.fingerprint)

@@ -19,7 +19,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.executors import Executor
-from pipeline.imageio import ImageDecodeError, decode
-from pipeline.keys import image_id_of_bytes
+from pipeline.probe import Prober
 from pipeline.registry import Registry
-from pipeline.schemas import MANIFEST, SOURCES, STATUS_ERROR, STATUS_OK
-from pipeline.stage import RunStats, Stage
+from pipeline.schemas import MANIFEST, SOURCES, STATUS_OK
+from pipeline.stage import RunStats, Stage, error_reason_kind
 from stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -234,7 +232,12 @@ class IngestStage(Stage):
         ids: Iterable[str] | None = None,
         executor: Executor | None = None,
         progress: Callable[[int], None] | None = None,
+        retry_errors: bool = False,
     ) -> RunStats:
+        with self.store.manifest.lock("ingest"):
+            return self._run_locked(progress)
+
+    def _run_locked(self, progress: Callable[[int], None] | None) -> RunStats:
         start = time.perf_counter()
         stats = RunStats(self.name, "manifest")
         seen = self._seen_files()
@@ -244,11 +247,15 @@ class IngestStage(Stage):
         if not todo:
             log.info("ingest: nothing new to ingest")
         chunk = self.runtime.chunk_size
-        with ThreadPoolExecutor(self.runtime.loader_threads) as pool:
+        with Prober(self.runtime.loader_threads, self.cfg.decode_timeout, self.cfg.max_image_pixels) as prober:
             for i in range(0, len(todo), chunk):
-                probed = list(pool.map(self._probe, todo[i : i + chunk]))
+                sources = todo[i : i + chunk]
+                probed = [
+                    self._manifest_row(s, r)
+                    for s, r in zip(sources, prober.map([s.path for s in sources]), strict=True)
+                ]
                 manifest_rows = []
-                for _, row in probed:
+                for row in probed:
                     if row["image_id"] not in known_ids:
                         known_ids.add(row["image_id"])
                         manifest_rows.append(row)
@@ -256,13 +263,15 @@ class IngestStage(Stage):
                             stats.ok += 1
                         else:
                             stats.error += 1
-                            kind = row["error"].split(":", 1)[0]
+                            kind = error_reason_kind(row["error"])
                             stats.errors[kind] = stats.errors.get(kind, 0) + 1
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
                 if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
                     stats.parts += 1
                 self.store.sources.write(
-                    pa.Table.from_pylist([self._source_row(s, r) for s, r in probed], schema=SOURCES)
+                    pa.Table.from_pylist(
+                        [self._source_row(s, r) for s, r in zip(sources, probed, strict=True)], schema=SOURCES
+                    )
                 )
                 if progress is not None:
                     progress(len(probed))
@@ -286,50 +295,27 @@ class IngestStage(Stage):
             return False
         return seen[source.path] == (st.st_size, st.st_mtime_ns)
 
-    def _probe(self, source: Source) -> tuple[Source, dict[str, Any]]:
-        row: dict[str, Any] = {
+    def _manifest_row(self, source: Source, probe: dict[str, Any]) -> dict[str, Any]:
+        row = {
             "path": source.path,
             "label": source.label,
             "generator": source.generator,
             "dataset": source.dataset,
             "split": source.split,
             "caption": source.caption,
-            "status": STATUS_OK,
-            "error": None,
+            **probe,
         }
-        try:
-            with open(source.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
-        except OSError as e:
-            # No bytes, no content key: the id is derived from the path so the failure still has a row.
-            row.update(
-                image_id=image_id_of_bytes(f"unreadable:{source.path}".encode()),
-                status=STATUS_ERROR,
-                error=f"cannot read file: {type(e).__name__}: {e.strerror or e}",
-                n_bytes=None,
-            )
-            row["_stat"] = (None, None)
-            return source, row
-        row.update(image_id=image_id_of_bytes(data), n_bytes=len(data))
-        row["_stat"] = (st.st_size, st.st_mtime_ns)
-        try:
-            _, info = decode(data, self.cfg.max_image_pixels)
-            row.update(width=info.width, height=info.height, format=info.format)
-        except ImageDecodeError as e:
-            row.update(status=STATUS_ERROR, error=str(e))
         if row["split"] is None:
             row["split"] = derived_split(row["image_id"], self.cfg.split_fractions)
-        return source, row
+        return row
 
     @staticmethod
     def _source_row(source: Source, row: dict[str, Any]) -> dict[str, Any]:
-        size, mtime = row["_stat"]
         return {
             "path": source.path,
             "image_id": row["image_id"],
-            "n_bytes": size,
-            "mtime_ns": mtime,
+            "n_bytes": row["size"],
+            "mtime_ns": row["mtime_ns"],
             "label": source.label,
             "generator": source.generator,
             "dataset": source.dataset,

@@ -62,10 +62,27 @@ def test_iter_rows_streams_wanted_keys_once_in_chunks(tmp_path):
     part_dir.write(distance_rows(["a", "b", "c"]))
     part_dir.write(distance_rows(["d", "e"]))
     part_dir.write(distance_rows(["x", "y"]))  # holds no wanted key: never opened
-    part_dir.write(distance_rows(["a"]))  # a second row for "a": yielded once only
+    part_dir.write(distance_rows(["a"]))  # a newer row for "a" (a retry): it replaces the old one
     chunks = list(part_dir.iter_rows(["image_id", "cos_global"], {"a", "c", "d", "e"}, chunk_size=3))
     assert [c.num_rows for c in chunks] == [3, 1]
-    assert [i for c in chunks for i in c.column("image_id").to_pylist()] == ["a", "c", "d", "e"]
+    assert [i for c in chunks for i in c.column("image_id").to_pylist()] == ["c", "d", "e", "a"]
+
+
+def test_current_row_prefers_ok_then_newest(tmp_path):
+    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    failed = distance_rows(["a", "b"]).set_column(6, "status", pa.array(["error", "error"]))
+    part_dir.write(distance_rows(["c"]))
+    part_dir.write(failed)
+    retried = distance_rows(["a"])  # the retry of "a" succeeded; "b" failed again below
+    part_dir.write(retried)
+    part_dir.write(failed.slice(1))
+    current = part_dir.read(["image_id", "status"])
+    assert dict(zip(*[current.column(c).to_pylist() for c in ("image_id", "status")], strict=True)) == {
+        "a": "ok",
+        "b": "error",
+        "c": "ok",
+    }
+    assert part_dir.ids(ok_only=True) == {"a", "c"} and part_dir.ids() == {"a", "b", "c"}
 
 
 def test_read_filters_by_ids_and_columns(tmp_path):

@@ -24,8 +24,8 @@ def ingest(tmp_path, root, **kw):
     run_stage("ingest", tiny(), store, inputs=[root], **kw)
     frame = pl.from_arrow(store.manifest.read())
     return {
-        p.split(str(root) + "/", 1)[1]: (l, g, s)
-        for p, l, g, s in frame.select("path", "label", "generator", "split").iter_rows()
+        p.split(str(root) + "/", 1)[1]: (lab, g, s)
+        for p, lab, g, s in frame.select("path", "label", "generator", "split").iter_rows()
     }
 
 

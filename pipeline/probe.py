@@ -1,0 +1,126 @@
+"""Reading, hashing and test-decoding input files in worker processes, with a time limit per file.
+
+A decoder that hangs or crashes on a hostile file must not stop a run: each file is probed in a
+worker process; a file that takes longer than the limit, or kills its worker, gets an error row
+and the pool is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from pipeline.imageio import ImageDecodeError, decode
+from pipeline.keys import image_id_of_bytes
+from pipeline.schemas import STATUS_ERROR, STATUS_OK
+
+log = logging.getLogger(__name__)
+
+
+def probe_file(path: str, max_pixels: int) -> dict[str, Any]:
+    """image_id, size, mtime and (if it decodes) format and dimensions of one file."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        # No bytes, no content key: the id is derived from the path so the failure still has a row.
+        return failed(path, f"cannot read file: {type(e).__name__}: {e.strerror or e}")
+    row: dict[str, Any] = {
+        "image_id": image_id_of_bytes(data),
+        "n_bytes": len(data),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "status": STATUS_OK,
+        "error": None,
+    }
+    try:
+        _, info = decode(data, max_pixels)
+        row.update(width=info.width, height=info.height, format=info.format)
+    except ImageDecodeError as e:
+        row.update(status=STATUS_ERROR, error=str(e))
+    return row
+
+
+def failed(path: str, reason: str) -> dict[str, Any]:
+    return {
+        "image_id": image_id_of_bytes(f"unreadable:{path}".encode()),
+        "n_bytes": None,
+        "size": None,
+        "mtime_ns": None,
+        "status": STATUS_ERROR,
+        "error": reason,
+    }
+
+
+class Prober:
+    """Probes files in `workers` processes; each file gets at least `timeout` seconds.
+
+    With timeout 0 files are probed in this process (no protection against hangs).
+    """
+
+    def __init__(self, workers: int, timeout: float, max_pixels: int) -> None:
+        self.workers = workers
+        self.timeout = timeout
+        self.max_pixels = max_pixels
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop(kill=False)
+
+    def map(self, paths: list[str]) -> list[dict[str, Any]]:
+        if self.timeout <= 0:
+            return [probe_file(p, self.max_pixels) for p in paths]
+        results: list[dict[str, Any] | None] = [None] * len(paths)
+        pending = list(range(len(paths)))
+        while pending:
+            pool = self._start()
+            futures = {i: pool.submit(probe_file, paths[i], self.max_pixels) for i in pending}
+            pending = []
+            for i, future in futures.items():
+                reason = self._wait(future)
+                if reason is None:
+                    results[i] = future.result()
+                    continue
+                log.warning("%s: %s", paths[i], reason)
+                results[i] = failed(paths[i], reason)
+                # The pool is stuck or broken: keep what finished, start again for the rest.
+                for j, other in futures.items():
+                    if results[j] is None and other.done() and other.exception() is None:
+                        results[j] = other.result()
+                pending = [j for j in futures if results[j] is None]
+                self._stop(kill=True)
+                break
+        return results  # type: ignore[return-value]
+
+    def _wait(self, future: Future) -> str | None:
+        try:
+            future.result(timeout=self.timeout)
+            return None
+        except FutureTimeout:
+            return f"decode timed out: no result after {self.timeout:g}s (ingest.decode_timeout)"
+        except BrokenProcessPool:
+            return "decoder crashed: the worker process died while reading this file"
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: a fork of a process holding torch threads can deadlock
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def _stop(self, kill: bool) -> None:
+        if self._pool is None:
+            return
+        if kill:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.kill()
+        self._pool.shutdown(wait=not kill, cancel_futures=True)
+        self._pool = None
