@@ -8,7 +8,7 @@ ITEM = PYTHONPATH=$(CURDIR) $(PYTHON) -m pipeline.cli
 OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
 OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
 
-.PHONY: help install demo test lint ingest caption ground embed distance fit evaluate status clean-demo
+.PHONY: help install demo test soak lint ingest caption ground embed distance fit evaluate status check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ demo: ## synthetic images through every stage with the tiny profile (offline, ra
 
 test: ## run the test suite (offline)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q
+
+soak: ## the kill test with many more trials and images (minutes)
+	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q tests/pipeline/test_kill.py
 
 lint: ## ruff
 	$(PYTHON) -m ruff check pipeline stages tests
@@ -48,6 +51,9 @@ evaluate: ## ACC and AP of the latest head
 
 status: ## rows ok / error / missing per stage
 	$(ITEM) status $(OPTS)
+
+check: ## find unreadable or foreign part files (QUARANTINE=1 moves them aside)
+	$(ITEM) check --data-dir $(DATA) $(if $(QUARANTINE),--quarantine)
 
 clean-demo: ## remove the demo's generated images and outputs from $(DATA)
 	rm -rf $(DATA)/raw/demo $(DATA)/manifest $(DATA)/sources $(DATA)/features $(DATA)/models $(DATA)/reports
