@@ -91,7 +91,7 @@ def test_sigkill_at_random_moments_and_mid_write_loses_and_duplicates_nothing(in
             if trial == 0:  # kill while a part's temporary file exists: mid-write by construction
                 wait_for(lambda: any(out.path.glob(".part-*.tmp")))
             else:  # kill at a random moment after the run has written something
-                wait_for(lambda b=before: len(out.parts()) > b or proc.poll() is not None)
+                wait_for(lambda b=before, p=proc: len(out.parts()) > b or p.poll() is not None)
                 time.sleep(rng.uniform(0.0, 1.0))
             killed_mid_write += any(out.path.glob(".part-*.tmp"))
         finally:
