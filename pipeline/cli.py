@@ -68,7 +68,7 @@ def _progress(desc: str):
 
 
 def _run(name: str, config, store, **kwargs):
-    from pipeline.runner import run_stage
+    from pipeline.runner import run_stage, write_summary
 
     bar, update = _progress(name)
     try:
@@ -76,6 +76,7 @@ def _run(name: str, config, store, **kwargs):
     finally:
         bar.close()
     _report(stats)
+    write_summary(name, config, store)
     return stats
 
 
@@ -112,7 +113,10 @@ def _stage_command(name: str, doc: str):
 
 @app.command()
 def ingest(
-    inputs: Annotated[list[Path], typer.Argument(help="Folders, CSV/Parquet lists or image files.")],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Folders, globs, CSV/Parquet lists or image files (default: params.yaml's inputs)."),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the folder or list name).")] = None,
     layout: Annotated[str, typer.Option(help="auto | cnndetection | genimage | diffusionforensics.")] = "auto",
     generator: Annotated[str | None, typer.Option(help="Set the generator of every file (e.g. progan).")] = None,
@@ -126,7 +130,12 @@ def ingest(
     label, generator and split from the folder layout (0_real/1_fake, GenImage's ai/nature,
     DiffusionForensics' <split>/<source>/<generator>) or a list's columns. Broken files get error rows;
     files seen before (same path, size and mtime) are skipped."""
+    from pipeline.config import load_params
+
     config, store = _setup(data_dir, profile, params, verbose)
+    inputs = inputs or load_params(params).get("inputs") or []
+    if not inputs:
+        raise typer.BadParameter("give folders or lists to ingest, or list them under `inputs:` in params.yaml")
     _run("ingest", config, store, inputs=inputs, dataset=dataset, layout=layout, generator=generator, split=split)
 
 

@@ -266,7 +266,7 @@ def resolve(
     name = profile or params.pop("profile", None) or "paper"
     params.pop("profile", None)
     overrides = PROFILES.get(name)
-    unknown = sorted(set(params) - set(STAGE_CONFIGS) - {"runtime", "data_dir"})
+    unknown = sorted(set(params) - set(STAGE_CONFIGS) - {"runtime", "inputs"})
     if unknown:
         raise ConfigError(f"unknown section(s) in params: {', '.join(unknown)}")
     stages = {}

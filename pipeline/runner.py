@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
@@ -32,6 +33,39 @@ def run_stage(
     **kwargs: Any,
 ) -> RunStats:
     return make_stage(name, config, store, **kwargs).run(progress=progress, retry_errors=retry_errors)
+
+
+def write_summary(name: str, config: PipelineConfig, store: Store) -> Path:
+    """A small JSON per stage (`data/dvc/<stage>.json`) that changes exactly when the stage's output does.
+
+    DVC tracks these instead of thousands of part files: each names the fingerprint, the counts and a
+    digest of the current (image_id, status) pairs.
+    """
+    import hashlib
+    import json
+
+    if name == "fit":
+        from stages.evaluate import latest_model
+
+        summary: dict[str, Any] = {"stage": name, "model": latest_model(store).name}
+    else:
+        stage = make_stage(name, config, store)
+        part_dir = store.manifest if name == "ingest" else store.features(name, stage.fingerprint)
+        rows = part_dir.read(["image_id", "status"]).sort_by("image_id")
+        ids, status = rows.column("image_id").to_pylist(), rows.column("status").to_pylist()
+        digest = hashlib.sha256("".join(f"{i}:{s};" for i, s in zip(ids, status, strict=True)).encode())
+        summary = {
+            "stage": name,
+            "fingerprint": stage.fingerprint,
+            "rows": len(ids),
+            "ok": status.count("ok"),
+            "error": status.count("error"),
+            "digest": digest.hexdigest()[:16],
+        }
+    target = store.root / "dvc" / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return target
 
 
 @dataclass
