@@ -100,12 +100,29 @@ def _stage_command(name: str, doc: str):
         batch_size: BatchSize = None,
         chunk_size: ChunkSize = None,
         retry_errors: Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")] = False,
+        executor: Annotated[
+            str,
+            typer.Option(
+                help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."
+            ),
+        ] = "local",
+        scheduler: Annotated[
+            str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")
+        ] = None,
+        workers: Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")] = None,
         verbose: Verbose = False,
     ) -> None:
+        from pipeline.executors import make_executor
+
         config, store = _setup(
             data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
         )
-        _run(name, config, store, retry_errors=retry_errors)
+        runner = make_executor(executor, scheduler, workers)
+        try:
+            _run(name, config, store, retry_errors=retry_errors, executor=runner)
+        finally:
+            if hasattr(runner, "close"):
+                runner.close()
 
     command.__doc__ = doc
     app.command(name)(command)

@@ -30,9 +30,11 @@ def run_stage(
     store: Store,
     progress: Callable[[int], None] | None = None,
     retry_errors: bool = False,
+    executor: Any = None,
     **kwargs: Any,
 ) -> RunStats:
-    return make_stage(name, config, store, **kwargs).run(progress=progress, retry_errors=retry_errors)
+    stage = make_stage(name, config, store, **kwargs)
+    return stage.run(progress=progress, retry_errors=retry_errors, executor=executor)
 
 
 def write_summary(name: str, config: PipelineConfig, store: Store) -> Path:

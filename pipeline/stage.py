@@ -21,7 +21,7 @@ from pipeline.config import PipelineConfig, as_dict
 from pipeline.executors import Executor, InProcessExecutor
 from pipeline.keys import short_hash
 from pipeline.schemas import STATUS_ERROR, STATUS_OK
-from pipeline.store import PartDir, Store
+from pipeline.store import PartDir, Store, part_name
 
 log = logging.getLogger(__name__)
 
@@ -208,22 +208,29 @@ class FeatureStage(Stage):
         out.write_config(self.identity())
         log.info("%s [%s]: %d image(s) to compute", self.name, fp, len(todo))
         executor = executor or InProcessExecutor()
-        for result in executor.map(self.run_chunk, self.chunks(set(todo))):
-            stats.add(result)
-            if progress is not None:
-                progress(result.ok + result.error)
+        for attempt in range(3):
+            for result in executor.map(ChunkTask(self), self.chunks(set(todo))):
+                stats.add(result)
+                if progress is not None:
+                    progress(result.ok + result.error)
+            # A distributed run can lose a chunk (a worker died after its retries ran out): check by keys.
+            todo = self.todo(ids, retry_errors=False) if not retry_errors else []
+            if not todo:
+                break
+            log.warning("%s [%s]: %d image(s) still missing after pass %d; running them again",
+                        self.name, fp, len(todo), attempt + 1)
         stats.seconds = time.perf_counter() - start
         return stats
 
-    def chunks(self, todo: set[str]) -> Iterator[pa.Table]:
-        """Driver rows of `todo`, with the lookup columns of the other inputs joined in."""
+    def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
+        """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""
         driver_cols = ["image_id", "status", "error", *self.driver_columns]
         lookups = {
             name: self.input_dir(name).read(["image_id", "status", "error", *cols], ids=todo)
             for name, cols in self.lookup_columns.items()
         }
         for chunk in self.input_dir(self.inputs[0]).iter_rows(driver_cols, todo, self.runtime.chunk_size):
-            yield self._join(chunk, lookups)
+            yield part_name(chunk.column("image_id").to_pylist()), self._join(chunk, lookups)
 
     def _join(self, chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
         """Prefix each input's status columns with its name and join the lookups by image_id (inner).
@@ -243,8 +250,9 @@ class FeatureStage(Stage):
                 chunk = chunk.append_column(field_, column)
         return chunk
 
-    def run_chunk(self, chunk: pa.Table) -> ChunkResult:
-        """Compute one chunk and write it as one part file (what an executor's worker runs)."""
+    def run_chunk(self, item: tuple[str, pa.Table]) -> ChunkResult:
+        """Compute one chunk and write it as one part file named `item[0]` (what an executor's worker runs)."""
+        name, chunk = item
         self.setup()
         rows: list[dict[str, Any]] = []
         ok_idx = []
@@ -259,7 +267,7 @@ class FeatureStage(Stage):
         for start in range(0, good.num_rows, self.batch_size):
             out.append(self._process_isolated(good.slice(start, self.batch_size)))
         table = pa.concat_tables(out) if out else self.schema.empty_table()
-        written = self.output.write(table, metadata=self.identity())
+        written = self.output.write(table, metadata=self.identity(), name=name)
         status = table.column("status").to_pylist()
         errors: dict[str, int] = {}
         for s, e in zip(status, table.column("error").to_pylist(), strict=True):
@@ -317,6 +325,38 @@ class FeatureStage(Stage):
             row.setdefault("status", STATUS_OK)
             row.setdefault("error", None)
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+# Stages by (name, fingerprint, data root) in this process: a dask worker builds each stage, and so
+# loads its model, once, however many chunks it runs. The driver registers its own instances.
+_STAGE_CACHE: dict[tuple[str, str, str], FeatureStage] = {}
+
+
+class ChunkTask:
+    """The picklable work function an executor ships: configuration and data root, never a model."""
+
+    def __init__(self, stage: FeatureStage) -> None:
+        self.name = stage.name
+        self.config = stage.pipeline
+        self.root = str(stage.store.root)
+        self.key = (stage.name, stage.fingerprint, self.root)
+        _STAGE_CACHE.setdefault(self.key, stage)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "config": self.config, "root": self.root, "key": self.key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def stage(self) -> FeatureStage:
+        if self.key not in _STAGE_CACHE:
+            from stages import get_stage_class
+
+            _STAGE_CACHE[self.key] = get_stage_class(self.name)(self.config, Store(self.root))
+        return _STAGE_CACHE[self.key]
+
+    def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
+        return self.stage().run_chunk(item)
 
 
 def _prefix_status(table: pa.Table, name: str) -> pa.Table:

@@ -15,6 +15,7 @@ have no row yet in its directory.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -73,8 +74,12 @@ class PartDir:
     def exists(self) -> bool:
         return bool(self.parts())
 
-    def write(self, table: pa.Table, metadata: dict[str, Any] | None = None) -> Path | None:
-        """Write one part atomically (temporary name, fsync, rename). Empty tables write nothing."""
+    def write(self, table: pa.Table, metadata: dict[str, Any] | None = None, name: str | None = None) -> Path | None:
+        """Write one part atomically (temporary name, fsync, rename). Empty tables write nothing.
+
+        `name` (from `part_name`) makes the write idempotent: a chunk computed twice (a retried task
+        whose first worker died after writing) replaces its own file instead of duplicating rows.
+        """
         if table.num_rows == 0:
             return None
         if self.schema is not None:
@@ -82,8 +87,8 @@ class PartDir:
         if metadata is not None:
             table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
         self.path.mkdir(parents=True, exist_ok=True)
-        name = f"part-{time.time_ns():x}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.path / f".{name}.tmp"
+        name = name or part_name()
+        tmp = self.path / f".{name}.{uuid.uuid4().hex[:6]}.tmp"
         final = self.path / name
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as f:
@@ -236,6 +241,12 @@ class PartDir:
         tmp = self.path / f".config.json.{uuid.uuid4().hex[:8]}.tmp"
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, target)
+
+
+def part_name(keys: list[str] | None = None) -> str:
+    """A part file name that sorts by creation time; with `keys`, it also names exactly that chunk."""
+    tag = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12] if keys else uuid.uuid4().hex[:12]
+    return f"part-{time.time_ns():016x}-{tag}.parquet"
 
 
 def check_parts(root: str | Path, quarantine: bool = False) -> list[tuple[Path, str]]:

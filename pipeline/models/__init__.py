@@ -7,16 +7,24 @@ inside these modules only.
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+
 from pipeline.registry import Registry
+
+# Model loads in this process, by backend: a dask worker must show one per model however many chunks it ran.
+LOAD_COUNTS: Counter[str] = Counter()
 
 CAPTIONERS: Registry[type] = Registry("captioner")
 GROUNDERS: Registry[type] = Registry("grounder")
 
 
 def resolve_device(device: str) -> str:
-    """`auto` is the first GPU when torch sees one, else the CPU."""
+    """`auto` is the worker's pinned GPU (ITEM_DEVICE), else the first GPU torch sees, else the CPU."""
     if device != "auto":
         return device
+    if os.environ.get("ITEM_DEVICE"):
+        return os.environ["ITEM_DEVICE"]
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from pipeline.config import TINY_PREFIX, CaptionConfig
-from pipeline.models import CAPTIONERS, resolve_device, torch_dtype
+from pipeline.models import CAPTIONERS, LOAD_COUNTS, resolve_device, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Blip2Captioner:
             model = Blip2ForConditionalGeneration.from_pretrained(
                 self.cfg.model, revision=self.cfg.revision, dtype=dtype, use_safetensors=True
             )
+        LOAD_COUNTS["blip2"] += 1
         model = model.to(device=self.device, dtype=dtype).eval()
         return model, processor
 

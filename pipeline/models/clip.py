@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TINY_PREFIX, EmbedConfig
-from pipeline.models import resolve_device, torch_dtype
+from pipeline.models import LOAD_COUNTS, resolve_device, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class ClipEncoder:
         else:
             log.info("loading open_clip %s (%s)", name, pretrained)
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        LOAD_COUNTS["clip"] += 1
         model = model.to(device=self.device, dtype=torch_dtype(self.cfg.dtype)).eval()
         return model, preprocess, open_clip.get_tokenizer(name)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import TINY_PREFIX, GroundConfig
-from pipeline.models import GROUNDERS, resolve_device, torch_dtype
+from pipeline.models import GROUNDERS, LOAD_COUNTS, resolve_device, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class TransformersGroundingDino:
             model = GroundingDinoForObjectDetection.from_pretrained(
                 self.cfg.model, revision=self.cfg.revision, dtype=dtype, use_safetensors=True
             )
+        LOAD_COUNTS["grounding-dino"] += 1
         processor.image_processor.size = {
             "shortest_edge": self.cfg.shortest_edge,
             "longest_edge": self.cfg.longest_edge,

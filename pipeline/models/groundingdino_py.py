@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import GroundConfig
-from pipeline.models import GROUNDERS, resolve_device
+from pipeline.models import GROUNDERS, LOAD_COUNTS, resolve_device
 from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class GroundingDinoPy:
         args.device = self.device
         args.use_checkpoint = False  # gradient checkpointing is pointless at inference and warns
         args.use_transformer_ckpt = False
+        LOAD_COUNTS["groundingdino-py"] += 1
         model = build_model(args)
         missing, _ = model.load_state_dict(clean_state_dict(read_checkpoint(self.cfg.model)), strict=False)
         if missing:  # strict=False is upstream's choice; a wrong checkpoint must not pass silently
