@@ -10,6 +10,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -149,6 +150,13 @@ class FeatureStage(Stage):
     def setup(self) -> None:
         """Load what the stage needs (models) before its first chunk; a failure here stops the run."""
 
+    def prepare(self, batch: pa.Table) -> list[Any] | None:
+        """CPU work for a batch (decode, preprocess), one item per row, run ahead in a loader thread.
+
+        Its result is passed to `process(batch, prepared)`; None (the default) calls `process(batch)`.
+        """
+        return None
+
     @property
     def output(self) -> PartDir:
         return self.store.features(self.name, self.fingerprint, self.schema)
@@ -217,8 +225,13 @@ class FeatureStage(Stage):
             todo = self.todo(ids, retry_errors=False) if not retry_errors else []
             if not todo:
                 break
-            log.warning("%s [%s]: %d image(s) still missing after pass %d; running them again",
-                        self.name, fp, len(todo), attempt + 1)
+            log.warning(
+                "%s [%s]: %d image(s) still missing after pass %d; running them again",
+                self.name,
+                fp,
+                len(todo),
+                attempt + 1,
+            )
         stats.seconds = time.perf_counter() - start
         return stats
 
@@ -264,8 +277,15 @@ class FeatureStage(Stage):
                 rows.append({"image_id": row["image_id"], "status": STATUS_ERROR, "error": reason})
         good = chunk.take(pa.array(ok_idx, pa.int64()))
         out = [self._rows_table(rows)] if rows else []
-        for start in range(0, good.num_rows, self.batch_size):
-            out.append(self._process_isolated(good.slice(start, self.batch_size)))
+        batches = [good.slice(start, self.batch_size) for start in range(0, good.num_rows, self.batch_size)]
+        # Decoding and preprocessing of the next batch run in a thread while the model works on this one.
+        with ThreadPoolExecutor(1) as loader:
+            pending = loader.submit(self.prepare, batches[0]) if batches else None
+            for k, batch in enumerate(batches):
+                prepared = pending.result()
+                if k + 1 < len(batches):
+                    pending = loader.submit(self.prepare, batches[k + 1])
+                out.append(self._process_isolated(batch, prepared))
         table = pa.concat_tables(out) if out else self.schema.empty_table()
         written = self.output.write(table, metadata=self.identity(), name=name)
         status = table.column("status").to_pylist()
@@ -296,16 +316,25 @@ class FeatureStage(Stage):
                 return reason if reason.split(":", 1)[0] in STAGE_NAMES else f"{origin}: {reason}"
         return None
 
-    def _process_isolated(self, batch: pa.Table) -> pa.Table:
-        """Run `process`; when the batch raises, split it to find the failing rows (they get error rows)."""
+    def _process_isolated(self, batch: pa.Table, prepared: list[Any] | None = None) -> pa.Table:
+        """Run `process`; when the batch raises, split it to find the failing rows (they get error rows).
+
+        An out-of-memory batch is split the same way (after freeing the GPU cache), so a batch size
+        too large for one image mix degrades to smaller batches instead of failing.
+        """
         try:
-            result = self.process(batch)
+            result = self.process(batch) if prepared is None else self.process(batch, prepared)
         except Exception as e:
+            _free_gpu_memory(e)
             if batch.num_rows == 1:
                 log.debug("%s failed on %s", self.name, batch.column("image_id")[0], exc_info=True)
                 return self._rows_table([self._exception_row(batch.column("image_id")[0].as_py(), e)])
             mid = batch.num_rows // 2
-            halves = [self._process_isolated(batch.slice(0, mid)), self._process_isolated(batch.slice(mid))]
+            first, second = (None, None) if prepared is None else (prepared[:mid], prepared[mid:])
+            halves = [
+                self._process_isolated(batch.slice(0, mid), first),
+                self._process_isolated(batch.slice(mid), second),
+            ]
             merged = pa.concat_tables(halves)
             if batch.num_rows >= 4 and pc.all(pc.equal(merged.column("status"), STATUS_ERROR)).as_py():
                 raise SystemicError(
@@ -357,6 +386,14 @@ class ChunkTask:
 
     def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
         return self.stage().run_chunk(item)
+
+
+def _free_gpu_memory(error: Exception) -> None:
+    if type(error).__name__ == "OutOfMemoryError":
+        import torch
+
+        log.warning("out of memory on a batch: splitting it")
+        torch.cuda.empty_cache()
 
 
 def _prefix_status(table: pa.Table, name: str) -> pa.Table:

@@ -23,18 +23,20 @@ class CaptionStage(FeatureStage):
 
     @cached_property
     def captioner(self):
-        from pipeline.models import (
-            CAPTIONERS,
-            captioners,  # noqa: F401  (registers the backends)
-        )
+        from pipeline.models import CAPTIONERS, captioners, shared_backend  # noqa: F401  (captioners registers)
 
-        return CAPTIONERS.get(self.cfg.backend)(self.cfg, self.runtime.device)
+        return shared_backend("caption", CAPTIONERS.get(self.cfg.backend), self.cfg, self.runtime.device)
 
     def setup(self) -> None:
         if self.cfg.backend != "column":
             self.captioner.load()
 
-    def process(self, batch: pa.Table) -> list[dict[str, Any]]:
+    def prepare(self, batch: pa.Table) -> list[Any] | None:
+        if self.cfg.backend == "column":
+            return None
+        return load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+
+    def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()
         if self.cfg.backend == "column":
             return [
@@ -47,7 +49,7 @@ class CaptionStage(FeatureStage):
                 }
                 for i, c in zip(ids, batch.column("caption").to_pylist(), strict=True)
             ]
-        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        images = images if images is not None else self.prepare(batch)
         good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
         captions = self.captioner.caption([images[k] for k in good]) if good else []
         rows = [

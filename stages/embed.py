@@ -35,9 +35,10 @@ class EmbedStage(FeatureStage):
 
     @cached_property
     def encoder(self):
+        from pipeline.models import shared_backend
         from pipeline.models.clip import ClipEncoder
 
-        return ClipEncoder(self.cfg, self.runtime.device)
+        return shared_backend("embed", ClipEncoder, self.cfg, self.runtime.device)
 
     @cached_property
     def schema(self) -> pa.Schema:
@@ -48,32 +49,41 @@ class EmbedStage(FeatureStage):
     def setup(self) -> None:
         self.encoder.load()
 
-    def process(self, batch: pa.Table) -> list[dict[str, Any]]:
+    def prepare(self, batch: pa.Table) -> list[Any]:
+        """Per row: the whole-image tensor and one tensor per object crop, or the decode error."""
+        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        prepared: list[Any] = []
+        for image, objects in zip(images, batch.column("objects").to_pylist(), strict=True):
+            if isinstance(image, ImageDecodeError):
+                prepared.append(image)
+                continue
+            crops = [self.encoder.crop_transform(crop_box(image, obj["box"])) for obj in objects or []]
+            prepared.append((self.encoder.image_transform(image), crops))
+        return prepared
+
+    def process(self, batch: pa.Table, prepared: list[Any] | None = None) -> list[dict[str, Any]]:
         import torch
 
+        prepared = prepared if prepared is not None else self.prepare(batch)
         rows = batch.select(["image_id", "caption", "objects"]).to_pylist()
-        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
         tensors, texts, owners = [], [], []
         out: list[dict[str, Any]] = []
-        for k, (row, image) in enumerate(zip(rows, images, strict=True)):
-            if isinstance(image, ImageDecodeError):
-                out.append({"image_id": row["image_id"], "status": schemas.STATUS_ERROR, "error": str(image)})
+        for k, (row, item) in enumerate(zip(rows, prepared, strict=True)):
+            if isinstance(item, ImageDecodeError):
+                out.append({"image_id": row["image_id"], "status": schemas.STATUS_ERROR, "error": str(item)})
                 continue
-            out.append({"image_id": row["image_id"]})
-            objects = row["objects"] or []
-            tensors.append(self.encoder.image_transform(image))
+            out.append({"image_id": row["image_id"], "object_image_embeds": [], "object_text_embeds": []})
+            whole, crops = item
+            tensors.append(whole)
             texts.append(row["caption"])
             owners.append((k, -1))
-            for j, obj in enumerate(objects):
-                tensors.append(self.encoder.crop_transform(crop_box(image, obj["box"])))
+            for j, (crop, obj) in enumerate(zip(crops, row["objects"] or [], strict=True)):
+                tensors.append(crop)
                 texts.append(obj["phrase"])
                 owners.append((k, j))
         if tensors:
             image_emb = self._batched(lambda s: self.encoder.encode_images(torch.stack(tensors[s])), len(tensors))
             text_emb = self._batched(lambda s: self.encoder.encode_texts(texts[s]), len(texts))
-            for row in out:
-                if "status" not in row:
-                    row.update(object_image_embeds=[], object_text_embeds=[])
             for (k, j), ie, te in zip(owners, image_emb, text_emb, strict=True):
                 if j < 0:
                     out[k].update(image_embed=ie, text_embed=te)

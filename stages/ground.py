@@ -24,17 +24,20 @@ class GroundStage(FeatureStage):
 
     @cached_property
     def grounder(self):
-        from pipeline.models import GROUNDERS, grounders, groundingdino_py  # noqa: F401  (register the backends)
+        from pipeline.models import GROUNDERS, grounders, groundingdino_py, shared_backend  # noqa: F401
 
-        return GROUNDERS.get(self.cfg.backend)(self.cfg, self.runtime.device)
+        return shared_backend("ground", GROUNDERS.get(self.cfg.backend), self.cfg, self.runtime.device)
 
     def setup(self) -> None:
         self.grounder.load()
 
-    def process(self, batch: pa.Table) -> list[dict[str, Any]]:
+    def prepare(self, batch: pa.Table) -> list[Any] | None:
+        return load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+
+    def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()
         captions = batch.column("caption").to_pylist()
-        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        images = images if images is not None else self.prepare(batch)
         good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
         found = self.grounder.ground([images[k] for k in good], [captions[k] for k in good]) if good else []
         rows = [

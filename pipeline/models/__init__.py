@@ -9,14 +9,34 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.registry import Registry
 
 # Model loads in this process, by backend: a dask worker must show one per model however many chunks it ran.
 LOAD_COUNTS: Counter[str] = Counter()
 
+
+def load_counts() -> dict[str, int]:
+    """This process's model loads by backend (what a test asks each dask worker)."""
+    return dict(LOAD_COUNTS)
+
+
 CAPTIONERS: Registry[type] = Registry("captioner")
 GROUNDERS: Registry[type] = Registry("grounder")
+
+
+_BACKENDS: dict[tuple[Any, ...], Any] = {}
+
+
+def shared_backend(kind: str, factory: Callable[[Any, str], Any], cfg: Any, device: str) -> Any:
+    """One backend (and so one loaded model) per configuration and device in this process, shared by
+    every stage instance that asks for it (a dask worker loads each model once, whatever the data root)."""
+    key = (kind, cfg, resolve_device(device))
+    if key not in _BACKENDS:
+        _BACKENDS[key] = factory(cfg, device)
+    return _BACKENDS[key]
 
 
 def resolve_device(device: str) -> str:
