@@ -157,7 +157,7 @@ class PartDir:
         for part, rows in _rows_by_part(chosen):
             tables.append(self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64())))
         if not tables:
-            return self.empty(columns) if self.schema is not None else pa.table({})
+            return self.empty(columns)
         return pa.concat_tables(tables, promote_options="default")
 
     def iter_rows(self, columns: list[str], ids: set[str], chunk_size: int) -> Iterator[pa.Table]:
@@ -227,9 +227,13 @@ class PartDir:
             os.close(fd)
 
     def empty(self, columns: list[str] | None = None) -> pa.Table:
-        if self.schema is None:
+        """No rows, with the columns' types (from the schema given, else from a part's schema)."""
+        schema = self.schema
+        if schema is None and self.parts():
+            schema = pq.read_schema(self.parts()[0]).remove_metadata()
+        if schema is None:
             raise StoreError(f"no parts in {self.path} and no schema to make an empty table")
-        schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        schema = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         return schema.empty_table()
 
     def write_config(self, config: dict[str, Any]) -> None:

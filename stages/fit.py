@@ -25,21 +25,22 @@ log = logging.getLogger(__name__)
 LATEST = "LATEST"
 
 
-def labelled_rows(store, distance_fp: str, split: str | None = None) -> pl.DataFrame:
-    """Distance rows with status ok joined to the manifest's labels (one split, or all), ordered by image_id."""
+def labelled_rows(store, distance_fp: str, split: str | None = None, vectors: bool = True) -> pl.DataFrame:
+    """Labelled distance rows with status ok (one split, or all) joined to the manifest, by image_id.
+
+    With `vectors=False` only ids, labels, generators and splits are read (what a fingerprint needs).
+    """
     distance = store.features("distance", distance_fp)
     if not distance.exists():
         raise FileNotFoundError(f"no distance rows under {distance.path}: run `item distance` first")
-    d = pl.from_arrow(distance.read(["image_id", "d_global", "d_local", "status"]))
+    keys = pl.from_arrow(distance.read(["image_id", "status"])).filter(pl.col("status") == "ok").drop("status")
     m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split"]))
-    rows = (
-        d.filter(pl.col("status") == "ok")
-        .unique("image_id", keep="first")
-        .join(m, on="image_id", how="inner")
-        .filter(pl.col("label").is_not_null())
-    )
+    rows = keys.join(m, on="image_id", how="inner").filter(pl.col("label").is_not_null())
     if split is not None:
         rows = rows.filter(pl.col("split") == split)
+    if vectors:
+        vec = pl.from_arrow(distance.read(["image_id", "d_global", "d_local"], ids=rows["image_id"].to_list()))
+        rows = rows.join(vec, on="image_id", how="inner")
     return rows.sort("image_id")
 
 
@@ -69,10 +70,15 @@ class FitStage(Stage):
 
     @cached_property
     def rows(self) -> pl.DataFrame:
-        return labelled_rows(self.store, self.distance_fp)
+        return labelled_rows(self.store, self.distance_fp, vectors=False)
 
     def split(self, name: str) -> pl.DataFrame:
+        """Ids and labels of one split (no vectors)."""
         return self.rows.filter(pl.col("split") == name)
+
+    def vectors(self, name: str) -> pl.DataFrame:
+        """The rows of one split with their D_g and D_l."""
+        return labelled_rows(self.store, self.distance_fp, name)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -106,7 +112,7 @@ class FitStage(Stage):
         if (target / CONFIG).exists():
             log.info("fit [%s]: head already fitted at %s", self.fingerprint, target)
         else:
-            train = self.split(self.cfg.train_split)
+            train = self.vectors(self.cfg.train_split)
             labels = train["label"].to_numpy()
             if len(set(labels.tolist())) < 2:
                 raise ValueError(
@@ -116,7 +122,7 @@ class FitStage(Stage):
             stats.todo = len(labels)
             head = HEADS.get(self.cfg.head)(self.cfg)
             head.fit(self.matrix(train), labels)
-            val = self.split(self.cfg.calibration_split)
+            val = self.vectors(self.cfg.calibration_split)
             calibration = calibrate(head, self.matrix(val), val["label"].to_numpy())
             save_head(
                 target,

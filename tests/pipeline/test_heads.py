@@ -64,7 +64,7 @@ def test_fit_from_cache_saves_without_pickle_and_calibrates_on_val_only(tmp_path
     head = FittedHead(stage.model_dir)
     saved = json.loads((stage.model_dir / "config.json").read_text())
     assert saved["features"]["fingerprint"] == fp and saved["head"] == name
-    val = stage.split("val")
+    val = stage.vectors("val")
     x_val = stage.matrix(val)
     expected = best_threshold(head.predict_calibrated(x_val), val["label"].to_numpy())
     assert head.calibration["threshold"] == pytest.approx(expected)
