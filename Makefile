@@ -8,7 +8,7 @@ ITEM = PYTHONPATH=$(CURDIR) $(PYTHON) -m pipeline.cli
 OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
 OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
 
-.PHONY: help install demo test soak lint ingest caption ground embed distance fit evaluate status check clean-demo
+.PHONY: help install demo test bench soak lint ingest caption ground embed distance fit evaluate status check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ demo: ## synthetic images through every stage with the tiny profile (offline, ra
 
 test: ## run the test suite (offline)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q
+
+bench: ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
+	$(OFFLINE) $(ITEM) bench
 
 soak: ## the kill test with many more trials and images (minutes)
 	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q tests/pipeline/test_kill.py

@@ -53,7 +53,7 @@ def write_summary(name: str, config: PipelineConfig, store: Store) -> Path:
     else:
         stage = make_stage(name, config, store)
         part_dir = store.manifest if name == "ingest" else store.features(name, stage.fingerprint)
-        rows = part_dir.read(["image_id", "status"]).sort_by("image_id")
+        rows = part_dir.current_keys().sort_by("image_id")
         ids, status = rows.column("image_id").to_pylist(), rows.column("status").to_pylist()
         digest = hashlib.sha256("".join(f"{i}:{s};" for i, s in zip(ids, status, strict=True)).encode())
         summary = {
@@ -101,7 +101,7 @@ def _counts(table, manifest_ids) -> tuple[int, int, int, dict[str, int]]:
 
 def status(config: PipelineConfig, store: Store) -> list[StageStatus]:
     """Per stage: ok rows, error rows by reason, and manifest images with no row yet."""
-    manifest = store.manifest.read(["image_id", "status", "error"])
+    manifest = store.manifest.read(["image_id", "status", "error"])  # errors needed: read the rows
     manifest_ids = manifest.column("image_id").combine_chunks()
     ok, err, _, errors = _counts(manifest, manifest_ids)
     report = [StageStatus("ingest", "manifest", ok, err, 0, errors)]

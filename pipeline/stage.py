@@ -242,7 +242,7 @@ class FeatureStage(Stage):
             name: self.input_dir(name).read(["image_id", "status", "error", *cols], ids=todo)
             for name, cols in self.lookup_columns.items()
         }
-        for chunk in self.input_dir(self.inputs[0]).iter_rows(driver_cols, todo, self.runtime.chunk_size):
+        for chunk in self.input_dir(self.inputs[0]).iter_rows(driver_cols, todo, self.chunk_size):
             yield part_name(chunk.column("image_id").to_pylist()), self._join(chunk, lookups)
 
     def _join(self, chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
@@ -300,6 +300,11 @@ class FeatureStage(Stage):
     @property
     def batch_size(self) -> int:
         return self.runtime.batch_size
+
+    @property
+    def chunk_size(self) -> int:
+        """Rows per part file."""
+        return self.runtime.chunk_size
 
     @staticmethod
     def _status_columns(chunk: pa.Table) -> list[str]:

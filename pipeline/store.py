@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -41,6 +42,10 @@ TMP_GLOB = ".part-*.tmp"
 # Fault injection for the kill tests: seconds to sleep between writing a part's temporary file and
 # renaming it, which widens the window in which a SIGKILL lands mid-write. Unset in normal use.
 WRITE_DELAY_ENV = "ITEM_FAULT_WRITE_DELAY"
+
+
+# Keys of part files already read in this process, by (path, mtime, size, key column).
+_KEY_CACHE: dict[tuple[str, int, int, str], pa.Table] = {}
 
 
 class StoreError(RuntimeError):
@@ -108,28 +113,39 @@ class PartDir:
             ) from e
 
     def key_table(self) -> pa.Table:
-        """Key and status of every row, with the part (`_part`) and row within it (`_row`) it came from."""
+        """Key and status of every row, with the part (`_part`) and row within it (`_row`) it came from.
+
+        Part files never change once renamed into place, so each one's keys are read once per process.
+        """
         tables = []
         has_status = self.schema is None or "status" in self.schema.names
         for i, part in enumerate(self.parts()):
-            t = self.read_part(part, [self.key, "status"] if has_status else [self.key])
-            if not has_status:  # e.g. sources/: every row counts
-                t = t.append_column("status", pa.array(["ok"] * t.num_rows, pa.string()))
-            tables.append(
-                t.append_column("_part", pa.array([i] * t.num_rows, pa.int32())).append_column(
-                    "_row", pa.array(range(t.num_rows), pa.int64())
-                )
-            )
+            t = self._part_keys(part, has_status)
+            tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, i, dtype=np.int32))))
         if not tables:
             return pa.table(
                 {
                     self.key: pa.array([], pa.string()),
                     "status": pa.array([], pa.string()),
-                    "_part": pa.array([], pa.int32()),
                     "_row": pa.array([], pa.int64()),
+                    "_part": pa.array([], pa.int32()),
                 }
             )
         return pa.concat_tables(tables)
+
+    def _part_keys(self, part: Path, has_status: bool) -> pa.Table:
+        st = part.stat()
+        cache_key = (str(part), st.st_mtime_ns, st.st_size, self.key)
+        if cache_key not in _KEY_CACHE:
+            t = self.read_part(part, [self.key, "status"] if has_status else [self.key])
+            if not has_status:  # e.g. sources/: every row counts
+                t = t.append_column("status", pa.array(["ok"] * t.num_rows, pa.string()))
+            _KEY_CACHE[cache_key] = t.append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+        return _KEY_CACHE[cache_key]
+
+    def current_keys(self) -> pa.Table:
+        """Key and status of the current row of every key (no part read beyond the key columns)."""
+        return self._current(self.key_table()).select([self.key, "status"])
 
     def ids(self, ok_only: bool = False) -> set[str]:
         """Every key that has a row (with `ok_only`, a row with status ok)."""

@@ -118,16 +118,17 @@ class EvaluateStage(Stage):
         head = FittedHead(model_dir)
         distance_fp = head.config["features"]["fingerprint"]
         split = self.cfg.split
-        rows = labelled_rows(self.store, distance_fp, split)
-        if rows.is_empty() and split == "test":
-            split, rows = "val", labelled_rows(self.store, distance_fp, "val")
-        if rows.is_empty():
+        keys = labelled_rows(self.store, distance_fp, split, vectors=False)
+        if keys.is_empty() and split == "test":
+            split, keys = "val", labelled_rows(self.store, distance_fp, "val", vectors=False)
+        if keys.is_empty():
             raise ValueError(f"evaluate: no labelled rows in split {self.cfg.split!r} for features {distance_fp}")
-        key = _evaluation_key(model_dir.name, split, self.cfg.threshold, rows)
+        key = _evaluation_key(model_dir.name, split, self.cfg.threshold, keys)
         cached = model_dir / "metrics.json"
         if cached.exists() and json.loads(cached.read_text()).get("key") == key:
             log.info("evaluate: %s on %s is up to date", model_dir.name, split)
             return json.loads(cached.read_text())
+        rows = labelled_rows(self.store, distance_fp, split)
         result = {
             "key": key,
             "split": split,

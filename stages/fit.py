@@ -33,7 +33,7 @@ def labelled_rows(store, distance_fp: str, split: str | None = None, vectors: bo
     distance = store.features("distance", distance_fp)
     if not distance.exists():
         raise FileNotFoundError(f"no distance rows under {distance.path}: run `item distance` first")
-    keys = pl.from_arrow(distance.read(["image_id", "status"])).filter(pl.col("status") == "ok").drop("status")
+    keys = pl.from_arrow(distance.current_keys()).filter(pl.col("status") == "ok").drop("status")
     m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split"]))
     rows = keys.join(m, on="image_id", how="inner").filter(pl.col("label").is_not_null())
     if split is not None:
