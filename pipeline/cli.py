@@ -223,6 +223,13 @@ def fit(
 def evaluate(
     model: Annotated[list[Path] | None, typer.Option(help="Head folder(s) (default: the latest fitted).")] = None,
     all_heads: Annotated[bool, typer.Option("--all", help="Evaluate every head under models/.")] = False,
+    heads: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare methods from the cache: item,unifd,defake,cosine,cosine-local,format "
+            "(default: params.yaml's evaluate.heads, if any)."
+        ),
+    ] = None,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
     params: Params = Path("params.yaml"),
@@ -235,7 +242,22 @@ def evaluate(
     from stages.evaluate import all_models
 
     config, store = _setup(data_dir, profile, params, verbose)
-    _evaluate(config, store, all_models(store) if all_heads else model)
+    methods = [h.strip() for h in heads.split(",") if h.strip()] if heads else list(config.stage("evaluate").heads)
+    if methods:
+        _compare(methods, config, store)
+    else:
+        _evaluate(config, store, all_models(store) if all_heads else model)
+
+
+def _compare(methods: list[str], config, store) -> None:
+    from stages.baselines import compare, leakage_warning
+    from stages.evaluate import format_tables
+
+    results = compare(methods, config, store)
+    typer.echo(format_tables(results, ("acc", "ap")))
+    warning = leakage_warning(results)
+    if warning:
+        typer.echo(warning)
 
 
 def _evaluate(config, store, models) -> None:
@@ -345,6 +367,8 @@ def demo(
     stage = make_stage("evaluate", config, store)
     stage.run()
     typer.echo(format_tables(stage.results, ("acc", "ap")))
+    typer.echo("comparison with baselines trained on the same cache:")
+    _compare(["item", "unifd", "defake", "cosine", "format"], config, store)
     unseen = make_unseen(store.root / "raw" / "demo-unseen")
     rows = run_predict([unseen], data_dir=store.root, runtime={"chunk_size": 64})
     out = store.reports / "demo-predictions.csv"

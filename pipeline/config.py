@@ -165,6 +165,7 @@ class EvaluateConfig:
 
     split: str = "test"
     threshold: float = 0.5
+    heads: tuple[str, ...] = ()  # methods for the comparison table: item, unifd, defake, cosine, cosine-local, format
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class ImageInfo:
     height: int
     mode: str
     n_frames: int
+    jpeg_quality: int | None = None  # estimated from the luminance quantisation table (JPEG only)
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
@@ -57,7 +58,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
             warnings.simplefilter("ignore")  # Pillow's per-file chatter (odd tags, EXIF) is not an error
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            info = ImageInfo(img.format or "unknown", img.width, img.height, img.mode, getattr(img, "n_frames", 1))
+            info = ImageInfo(
+                img.format or "unknown", img.width, img.height, img.mode, getattr(img, "n_frames", 1), jpeg_quality(img)
+            )
             _check_size(img, max_pixels)
             img.load()  # a freshly opened file sits on its first frame
             rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
@@ -94,6 +97,85 @@ def _unidentified_reason(data: bytes) -> str:
     if data[4:8] == b"ftyp" and data[8:12] in _NEEDS_PLUGIN:
         return f"unsupported format {_NEEDS_PLUGIN[data[8:12]]}: needs the pillow-heif plugin (pip install pillow-heif)"
     return "not an image: Pillow cannot identify the format from the bytes"
+
+
+# libjpeg's standard luminance table (quality 50); a file's table is this one scaled by its quality.
+_STANDARD_LUMA = (
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+)
+
+
+def jpeg_quality(img: Image.Image) -> int | None:
+    """The libjpeg quality (1-100) a JPEG was saved at, estimated from its luminance table."""
+    tables = getattr(img, "quantization", None)
+    if img.format != "JPEG" or not tables or 0 not in tables:
+        return None
+    scale = 100.0 * sum(tables[0]) / sum(_STANDARD_LUMA)
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(min(max(round(quality), 1), 100))
 
 
 def _check_size(img: Image.Image, max_pixels: int) -> None:

@@ -41,7 +41,7 @@ def probe_file(path: str, max_pixels: int) -> dict[str, Any]:
     }
     try:
         _, info = decode(data, max_pixels)
-        row.update(width=info.width, height=info.height, format=info.format)
+        row.update(width=info.width, height=info.height, format=info.format, jpeg_quality=info.jpeg_quality)
     except ImageDecodeError as e:
         row.update(status=STATUS_ERROR, error=str(e))
     return row

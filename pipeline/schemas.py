@@ -29,6 +29,7 @@ MANIFEST = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("format", pa.string()),
+        pa.field("jpeg_quality", pa.int16()),  # estimated libjpeg quality, JPEG files only
         pa.field("n_bytes", pa.int64()),
         pa.field("caption", pa.string()),  # a caption the user supplied in a CSV/Parquet manifest
         *ROW_STATUS,

@@ -43,6 +43,7 @@ def synthetic_rows(
             "width": pa.array([256] * n, pa.int32()),
             "height": pa.array([256] * n, pa.int32()),
             "format": ["PNG"] * n,
+            "jpeg_quality": pa.nulls(n, pa.int16()),
             "n_bytes": pa.array([1000] * n, pa.int64()),
             "caption": pa.nulls(n, pa.string()),
             "status": ["ok"] * n,

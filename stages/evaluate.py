@@ -61,28 +61,37 @@ def generator_groups(rows: pl.DataFrame) -> dict[str, np.ndarray]:
     return groups
 
 
-def evaluate_head(head: FittedHead, rows: pl.DataFrame, threshold: float) -> dict[str, Any]:
-    x = head.features(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]))
-    raw = head.predict_proba(x)
-    calibrated = head.predict_calibrated(x)
+def evaluate_scores(
+    model: str,
+    rows: pl.DataFrame,
+    scores: np.ndarray,
+    threshold: float,
+    calibrated: tuple[np.ndarray, float] | None = None,
+) -> dict[str, Any]:
+    """Metrics of P(fake) `scores` for `rows` (label, generator, dataset), per generator, mean and all.
+
+    `calibrated` (scores, threshold) adds ACC at the calibrated threshold.
+    """
     labels = rows["label"].to_numpy().astype(np.int64)
-    cal_threshold = head.calibration["threshold"]
 
     def score(idx: np.ndarray) -> dict[str, Any]:
-        m = detection_metrics(labels[idx], raw[idx], threshold)
-        m["acc_calibrated"] = detection_metrics(labels[idx], calibrated[idx], cal_threshold)["acc"]
+        m = detection_metrics(labels[idx], scores[idx], threshold)
+        if calibrated is not None:
+            m["acc_calibrated"] = detection_metrics(labels[idx], calibrated[0][idx], calibrated[1])["acc"]
         return m
 
     groups = {g: score(idx) for g, idx in generator_groups(rows).items()}
-    result = {
-        "model": head.name,
-        "head": head.config["head"],
-        "calibration": head.calibration,
-        "all": score(np.arange(len(labels))),
-        "generators": groups,
-    }
-    result["mean"] = {m: mean_over(groups, m) for m in (*METRICS, "acc_calibrated")}
+    result = {"model": model, "all": score(np.arange(len(labels))), "generators": groups}
+    names = (*METRICS, "acc_calibrated") if calibrated is not None else METRICS
+    result["mean"] = {m: mean_over(groups, m) for m in names}
     return result
+
+
+def evaluate_head(head: FittedHead, rows: pl.DataFrame, threshold: float) -> dict[str, Any]:
+    x = head.features(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]))
+    calibrated = (head.predict_calibrated(x), head.calibration["threshold"])
+    result = evaluate_scores(head.name, rows, head.predict_proba(x), threshold, calibrated)
+    return {**result, "head": head.config["head"], "calibration": head.calibration}
 
 
 @STAGES.register("evaluate")

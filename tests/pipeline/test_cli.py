@@ -68,6 +68,8 @@ def test_demo_twice_recomputes_nothing(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "row(s) computed" in first.stdout and "| method | toydiff | toygan | mean |" in first.stdout
     assert "predict on 13 unseen file(s)" in first.stdout
+    for method in ("item", "unifd", "defake", "cosine", "format"):
+        assert f"| {method} |" in first.stdout
     assert "broken.png" in first.stdout and "ingest: corrupt or truncated image" in first.stdout
     second = item("demo", "--data-dir", str(tmp_path / "d"), "--n-per-class", "3", cwd=tmp_path)
     assert "nothing recomputed: every stage was up to date" in second.stdout
