@@ -74,7 +74,6 @@ def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: 
                     "caption": pa.nulls(m, pa.string()),
                     **ok,
                 },
-                schema=schemas.MANIFEST,
             )
         )
         store.features("caption", fps["caption"], schemas.CAPTION).write(

@@ -134,6 +134,8 @@ class FitConfig:
     seed: int = 0
     train_split: str = "train"
     calibration_split: str = "val"
+    train_generators: tuple[str, ...] = ()  # train (and calibrate) on these generators only; empty: all
+    train_datasets: tuple[str, ...] = ()  # ... and/or these datasets only
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_NAMES:
@@ -222,6 +224,9 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 PROFILES: Registry[dict[str, dict[str, Any]]] = Registry("profile")
 
 PROFILES.register("paper")({})  # the dataclass defaults are the paper's settings
+# The CLIP ablation of Fig. 8: the paper's pipeline with another open_clip model (OpenAI weights).
+PROFILES.register("clip-rn50")({"embed": {"model": "RN50-quickgelu", "pretrained": "openai"}})
+PROFILES.register("clip-b16")({"embed": {"model": "ViT-B-16-quickgelu", "pretrained": "openai"}})
 
 PROFILES.register("tiny")(
     {

@@ -32,6 +32,8 @@ MANIFEST = pa.schema(
         pa.field("jpeg_quality", pa.int16()),  # estimated libjpeg quality, JPEG files only
         pa.field("n_bytes", pa.int64()),
         pa.field("caption", pa.string()),  # a caption the user supplied in a CSV/Parquet manifest
+        pa.field("source_id", pa.string()),  # for a derived image (item perturb): the image it was made from
+        pa.field("perturbation", pa.string()),  # e.g. "jpeg:50"; null for an original image
         *ROW_STATUS,
     ]
 )

@@ -88,6 +88,9 @@ class PartDir:
         if table.num_rows == 0:
             return None
         if self.schema is not None:
+            for field in self.schema:  # columns added to a schema later are null in older writers' tables
+                if field.name not in table.column_names and field.nullable:
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
             table = table.select(self.schema.names).cast(self.schema)
         if metadata is not None:
             table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
@@ -105,12 +108,31 @@ class PartDir:
         return final
 
     def read_part(self, part: Path, columns: list[str] | None = None) -> pa.Table:
+        """One part's rows; nullable columns added to the schema after the part was written read as null."""
         try:
             return pq.read_table(part, columns=columns)
         except (pa.ArrowInvalid, OSError, KeyError) as e:
+            added = self._read_older_part(part, columns)
+            if added is not None:
+                return added
             raise StoreError(
                 f"cannot read part file {part}: {e} (move it away, or run `item check --quarantine`)"
             ) from e
+
+    def _read_older_part(self, part: Path, columns: list[str] | None) -> pa.Table | None:
+        if self.schema is None or columns is None:
+            return None
+        try:
+            present = set(pq.read_schema(part).names)
+        except (pa.ArrowInvalid, OSError):
+            return None
+        missing = [c for c in columns if c not in present]
+        if not missing or not all(c in self.schema.names and self.schema.field(c).nullable for c in missing):
+            return None
+        table = pq.read_table(part, columns=[c for c in columns if c in present])
+        for name in missing:
+            table = table.append_column(self.schema.field(name), pa.nulls(table.num_rows, self.schema.field(name).type))
+        return table.select(columns)
 
     def key_table(self) -> pa.Table:
         """Key and status of every row, with the part (`_part`) and row within it (`_row`) it came from.
@@ -164,6 +186,8 @@ class PartDir:
 
     def read(self, columns: list[str] | None = None, ids: Iterable[str] | None = None) -> pa.Table:
         """The current row of every key (optionally only `columns` and only the keys in `ids`)."""
+        if columns is None and self.schema is not None:
+            columns = self.schema.names  # so parts written before a column was added read alike
         keys = self.key_table()
         if ids is not None:
             keys = keys.filter(pc.is_in(keys.column(self.key), value_set=pa.array(list(set(ids)), pa.string())))

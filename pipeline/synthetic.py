@@ -49,7 +49,6 @@ def synthetic_rows(
             "status": ["ok"] * n,
             "error": pa.nulls(n, pa.string()),
         },
-        schema=schemas.MANIFEST,
     )
     distance = pa.table(
         {

@@ -122,9 +122,9 @@ METHODS.register("format")(Method("format", file_properties, learner="logreg"))
 
 
 def labelled(store: Store) -> pl.DataFrame:
-    return pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split"])).filter(
-        pl.col("label").is_not_null()
-    )
+    """Labelled original images (derived, perturbed copies are for the robustness grid only)."""
+    m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split", "perturbation"]))
+    return m.filter(pl.col("label").is_not_null() & pl.col("perturbation").is_null()).drop("perturbation")
 
 
 def _digest(frame: pl.DataFrame) -> str:

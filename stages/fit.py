@@ -25,19 +25,43 @@ log = logging.getLogger(__name__)
 LATEST = "LATEST"
 
 
-def labelled_rows(store, distance_fp: str, split: str | None = None, vectors: bool = True) -> pl.DataFrame:
-    """Labelled distance rows with status ok (one split, or all) joined to the manifest, by image_id.
+def labelled_rows(
+    store,
+    distance_fp: str,
+    split: str | None = None,
+    vectors: bool = True,
+    perturbation: str | None = None,
+    generators: tuple[str, ...] = (),
+    datasets: tuple[str, ...] = (),
+) -> pl.DataFrame:
+    """Labelled distance rows with status ok joined to the manifest, ordered by image_id.
 
-    With `vectors=False` only ids, labels, generators and splits are read (what a fingerprint needs).
+    Args:
+        split: one split, or all.
+        vectors: read D_g and D_l (False: ids, labels, generators and splits only, for fingerprints).
+        perturbation: None for original images only, "*" for every derived image, or one ("jpeg:50").
+        generators, datasets: keep only these (empty: all), e.g. to train on one generator.
     """
     distance = store.features("distance", distance_fp)
     if not distance.exists():
         raise FileNotFoundError(f"no distance rows under {distance.path}: run `item distance` first")
     keys = pl.from_arrow(distance.current_keys()).filter(pl.col("status") == "ok").drop("status")
-    m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split"]))
+    m = pl.from_arrow(
+        store.manifest.read(["image_id", "label", "generator", "dataset", "split", "source_id", "perturbation"])
+    )
     rows = keys.join(m, on="image_id", how="inner").filter(pl.col("label").is_not_null())
+    if perturbation is None:
+        rows = rows.filter(pl.col("perturbation").is_null())
+    elif perturbation != "*":
+        rows = rows.filter(pl.col("perturbation") == perturbation)
+    else:
+        rows = rows.filter(pl.col("perturbation").is_not_null())
     if split is not None:
         rows = rows.filter(pl.col("split") == split)
+    if generators:
+        rows = rows.filter(pl.col("generator").is_in(list(generators)))
+    if datasets:
+        rows = rows.filter(pl.col("dataset").is_in(list(datasets)))
     if vectors:
         vec = pl.from_arrow(distance.read(["image_id", "d_global", "d_local"], ids=rows["image_id"].to_list()))
         rows = rows.join(vec, on="image_id", how="inner")
@@ -70,7 +94,13 @@ class FitStage(Stage):
 
     @cached_property
     def rows(self) -> pl.DataFrame:
-        return labelled_rows(self.store, self.distance_fp, vectors=False)
+        return labelled_rows(
+            self.store,
+            self.distance_fp,
+            vectors=False,
+            generators=self.cfg.train_generators,
+            datasets=self.cfg.train_datasets,
+        )
 
     def split(self, name: str) -> pl.DataFrame:
         """Ids and labels of one split (no vectors)."""
@@ -78,7 +108,9 @@ class FitStage(Stage):
 
     def vectors(self, name: str) -> pl.DataFrame:
         """The rows of one split with their D_g and D_l."""
-        return labelled_rows(self.store, self.distance_fp, name)
+        return labelled_rows(
+            self.store, self.distance_fp, name, generators=self.cfg.train_generators, datasets=self.cfg.train_datasets
+        )
 
     def identity(self) -> dict[str, Any]:
         return {

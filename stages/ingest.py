@@ -51,6 +51,8 @@ class Source:
     dataset: str | None = None
     split: str | None = None
     caption: str | None = None
+    source_id: str | None = None
+    perturbation: str | None = None
 
 
 FolderInfo = tuple[int | None, str | None, str | None]  # label, generator, split
@@ -210,16 +212,19 @@ class IngestStage(Stage):
         layout: str = "auto",
         generator: str | None = None,
         split: str | None = None,
+        sources: list[Source] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
         LAYOUTS.get(layout)  # an unknown layout fails before any work
+        self.given = sources
         self.paths = list(inputs)
         self.options = {"dataset": dataset, "layout": layout, "generator": generator, "split": split}
 
     def sources(self) -> list[Source]:
-        """The files the inputs name, in order (a path listed twice is one file)."""
-        return list({s.path: s for s in discover(self.paths, **self.options)}.values())
+        """The files the inputs name (or the sources given), in order (a path listed twice is one file)."""
+        found = self.given if self.given is not None else discover(self.paths, **self.options)
+        return list({s.path: s for s in found}.values())
 
     def image_ids(self, sources: list[Source]) -> list[str | None]:
         """The image_id of each source path as ingest recorded it (None if not ingested)."""
@@ -303,6 +308,8 @@ class IngestStage(Stage):
             "dataset": source.dataset,
             "split": source.split,
             "caption": source.caption,
+            "source_id": source.source_id,
+            "perturbation": source.perturbation,
             **probe,
         }
         if row["split"] is None:

@@ -22,7 +22,24 @@ def item(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_help_explains_every_command(tmp_path):
     out = item("--help", cwd=tmp_path)
     assert out.returncode == 0
-    for command in ("ingest", "caption", "ground", "embed", "distance", "fit", "evaluate", "predict", "status", "demo"):
+    for command in (
+        "ingest",
+        "caption",
+        "ground",
+        "embed",
+        "distance",
+        "fit",
+        "evaluate",
+        "predict",
+        "status",
+        "demo",
+        "run",
+        "perturb",
+        "robustness",
+        "report",
+        "check",
+        "bench",
+    ):
         assert command in out.stdout
     assert "Grounding DINO" in item("ground", "--help", cwd=tmp_path).stdout
 
@@ -70,6 +87,7 @@ def test_demo_twice_recomputes_nothing(tmp_path):
     assert "predict on 13 unseen file(s)" in first.stdout
     for method in ("item", "unifd", "defake", "cosine", "format"):
         assert f"| {method} |" in first.stdout
+    assert "robustness grid:" in first.stdout and (tmp_path / "d" / "reports" / "report.html").exists()
     assert "broken.png" in first.stdout and "ingest: corrupt or truncated image" in first.stdout
     second = item("demo", "--data-dir", str(tmp_path / "d"), "--n-per-class", "3", cwd=tmp_path)
     assert "nothing recomputed: every stage was up to date" in second.stdout

@@ -48,7 +48,6 @@ def write_store(root: Path, image: np.ndarray, text: np.ndarray, labels: np.ndar
                 "caption": pa.nulls(n, pa.string()),
                 **ok,
             },
-            schema=schemas.MANIFEST,
         )
     )
     fp = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground", "embed")}

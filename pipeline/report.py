@@ -1,0 +1,244 @@
+"""`item report`: one self-contained HTML page (images inlined) with the evaluation tables, the
+baseline comparison, the robustness grid, the plots, the format-bias check and per-image
+explanations for a sample of test images (thumbnail with the grounded boxes, caption, score and
+each object's image-phrase cosine)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from PIL import ImageDraw
+
+from pipeline.config import PipelineConfig
+from pipeline.store import Store
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}.warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em}
+.note{color:#666;font-size:.9em}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em}
+.card{border:1px solid #ddd;padding:.6em;border-radius:6px}.card img{width:100%}.fake{color:#b00}.real{color:#070}
+"""
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(png).decode()}"
+
+
+def img_tag(path_or_bytes: Path | bytes, alt: str) -> str:
+    data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
+    mime = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
+    return f'<img src="{data_uri(data, mime)}" alt="{html.escape(alt)}">'
+
+
+def table_html(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def metric_table(results: list[dict[str, Any]], metric: str) -> str:
+    generators = sorted({g for r in results for g in r["generators"]})
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    rows = [
+        [r["model"], *(cell(r["generators"].get(g, {}).get(metric)) for g in generators), cell(r["mean"].get(metric))]
+        for r in results
+    ]
+    return table_html(rows, ["method", *generators, "mean"])
+
+
+def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: int = 320) -> bytes:
+    """The image with its grounded boxes drawn and numbered, as JPEG bytes."""
+    from pipeline.imageio import load_rgb
+
+    image = load_rgb(path, max_pixels)
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 200))
+    for i, obj in enumerate(objects, 1):
+        draw.rectangle(obj["box"], outline=(255, 40, 40), width=width)
+        draw.text((obj["box"][0] + 2, obj["box"][1] + 1), str(i), fill=(255, 255, 0))
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def robustness(config: PipelineConfig, store: Store, head) -> dict[str, Any] | None:
+    """AP and ACC of `head` on each perturbation and level, and on the same sources clean."""
+    from stages.evaluate import evaluate_scores
+    from stages.fit import labelled_rows, to_numpy
+    from stages.perturb import GRID, label
+
+    distance_fp = head.config["features"]["fingerprint"]
+    derived = labelled_rows(store, distance_fp, perturbation="*")
+    if derived.is_empty():
+        return None
+    clean = labelled_rows(store, distance_fp).filter(pl.col("image_id").is_in(derived["source_id"].unique().to_list()))
+
+    def score(rows: pl.DataFrame) -> dict[str, Any]:
+        x = head.features(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]))
+        return evaluate_scores(head.name, rows, head.predict_proba(x), 0.5)["all"]
+
+    out: dict[str, Any] = {"clean": score(clean) if not clean.is_empty() else None, "grid": {}}
+    for kind, levels in GRID.items():
+        for level in levels:
+            rows = derived.filter(pl.col("perturbation") == label(kind, level))
+            if not rows.is_empty():
+                out["grid"].setdefault(kind, []).append((level, score(rows)))
+    return out
+
+
+def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
+    """Write reports/report.html (and the PNG plots beside it); returns its path."""
+    from pipeline import formatbias, plots
+    from pipeline.heads import FittedHead
+    from stages.evaluate import EvaluateStage, latest_model
+    from stages.fit import labelled_rows, to_numpy
+
+    reports = store.reports
+    figures = reports / "figures"
+    model_dir = latest_model(store)
+    head = FittedHead(model_dir)
+    stage = EvaluateStage(config, store, models=[model_dir])
+    stage.run()
+    result = stage.result
+    parts = [
+        f"<h1>ITEM report</h1><p class='note'>data: {html.escape(str(store.root))} &middot; head "
+        f"{html.escape(head.name)} &middot; split {html.escape(result['split'])} &middot; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}</p>"
+    ]
+    if config.profile == "tiny":
+        parts.append(
+            "<p class='warn'>tiny profile: random-weight models. These numbers only show that the "
+            "pipeline runs end to end; they say nothing about detection.</p>"
+        )
+    parts.append("<h2>Evaluation</h2>")
+    for metric, name in (
+        ("acc", "ACC at 0.5"),
+        ("ap", "AP"),
+        ("auc", "AUC"),
+        ("acc_calibrated", "ACC, calibrated"),
+        ("tpr_at_5fpr", "TPR at 5% FPR"),
+    ):
+        parts.append(f"<h3>{name} (%)</h3>{metric_table([result], metric)}")
+    comparison = reports / "comparison.json"
+    if comparison.exists():
+        parts.append("<h2>Baselines on the same cache</h2>")
+        for metric in ("acc", "ap"):
+            md = (reports / f"comparison_{metric}.md").read_text().splitlines()
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in md if line.startswith("|")]
+            parts.append(f"<h3>{metric.upper()} (%)</h3>" + table_html(rows[2:], rows[0]))
+    distance_fp = head.config["features"]["fingerprint"]
+    test = labelled_rows(store, distance_fp, result["split"])
+    x = head.features(to_numpy(test["d_global"]), to_numpy(test["d_local"]))
+    scores = head.predict_proba(x)
+    labels = test["label"].to_numpy()
+    parts.append("<h2>Plots</h2>")
+    if len(set(labels.tolist())) == 2:
+        parts.append(img_tag(plots.pr_roc(labels, scores, figures / "pr_roc.png", head.name), "PR and ROC curves"))
+    parts.append(img_tag(plots.generator_bars([result], "ap", figures / "generators_ap.png"), "AP per generator"))
+    everything = labelled_rows(store, distance_fp)
+    if everything.height > 5:
+        pick = everything.sample(min(everything.height, 1500), seed=0)
+        d = head.features(to_numpy(pick["d_global"]), to_numpy(pick["d_local"]))
+        parts.append(
+            img_tag(
+                plots.tsne(
+                    d, pick["label"].to_numpy(), pick["generator"].fill_null("-").to_list(), figures / "tsne.png"
+                ),
+                "t-SNE of D",
+            )
+        )
+    robust = robustness(config, store, head)
+    if robust:
+        parts.append("<h2>Robustness (Fig. 4)</h2>")
+        rows = [
+            [kind, *(f"{lvl:g}: AP {100 * (m['ap'] or 0):.1f} / ACC {100 * m['acc']:.1f}" for lvl, m in pts)]
+            for kind, pts in robust["grid"].items()
+        ]
+        parts.append(table_html(rows, ["perturbation", "level 1", "level 2", "level 3"]))
+        clean_ap = (robust["clean"] or {}).get("ap") or 0.0
+        lines = {k: [(lvl, m["ap"] or 0.0) for lvl, m in pts] for k, pts in robust["grid"].items()}
+        parts.append(img_tag(plots.robustness_lines(lines, clean_ap, figures / "robustness.png"), "robustness"))
+        (reports / "robustness.json").write_text(json.dumps(robust, indent=2, default=float) + "\n")
+    bias = formatbias.summary(store)
+    parts.append("<h2>Format bias</h2>")
+    parts.append(table_html([[str(v) if v is not None else "-" for v in r] for r in bias.rows()], bias.columns))
+    for warning in formatbias.warnings(bias):
+        parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
+    if not formatbias.warnings(bias):
+        parts.append("<p class='note'>No systematic difference between real and fake storage found.</p>")
+    parts.append("<h2>Explanations</h2>" + explanations(config, store, head, test, scores, sample))
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>ITEM report</title>"
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    target = reports / "report.html"
+    target.write_text(page)
+    return target
+
+
+def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame, scores: np.ndarray, n: int) -> str:
+    """Cards for the most confident real and fake test images: boxes, caption, per-object cosines."""
+    from pipeline.runner import make_stage
+    from stages.distance import unit
+
+    order = np.argsort(scores)
+    chosen = list(dict.fromkeys([*order[: n // 2].tolist(), *order[::-1][: n - n // 2].tolist()]))
+    ids = [test["image_id"][int(i)] for i in chosen]
+    from pipeline.api import head_pipeline
+
+    pipeline_config = head_pipeline(head)  # the configuration the head's features were computed with
+    frames = {}
+    for name, cols in (
+        ("caption", ["caption"]),
+        ("ground", ["objects"]),
+        ("embed", ["object_image_embeds", "object_text_embeds"]),
+    ):
+        part_dir = store.features(name, make_stage(name, pipeline_config, store).fingerprint)
+        frames[name] = {
+            r["image_id"]: r for r in pl.from_arrow(part_dir.read(["image_id", *cols], ids=ids)).iter_rows(named=True)
+        }
+    paths = dict(pl.from_arrow(store.manifest.read(["image_id", "path"], ids=ids)).iter_rows())
+    max_pixels = config.stage("ingest").max_image_pixels
+    cards = []
+    for i, image_id in zip(chosen, ids, strict=True):
+        objects = (frames["ground"].get(image_id) or {}).get("objects") or []
+        emb = frames["embed"].get(image_id) or {}
+        cosines = [
+            float(unit(np.asarray(a)) @ unit(np.asarray(b)))
+            for a, b in zip(emb.get("object_image_embeds") or [], emb.get("object_text_embeds") or [], strict=False)
+        ]
+        truth = "fake" if test["label"][int(i)] == 1 else "real"
+        rows = [
+            [str(k), o["phrase"], f"{o['score']:.2f}", f"{c:.3f}"]
+            for k, (o, c) in enumerate(zip(objects, cosines, strict=False), 1)
+        ]
+        caption = (frames["caption"].get(image_id) or {}).get("caption") or ""
+        cards.append(
+            f"<div class='card'>{img_tag(thumbnail(paths[image_id], objects, max_pixels), caption)}"
+            f"<p><b class='{truth}'>{truth}</b> &middot; P(fake) {scores[int(i)]:.3f} &middot; "
+            f"{html.escape(test['generator'][int(i)] or '-')}</p><p>&ldquo;{html.escape(caption)}&rdquo;</p>"
+            + (
+                table_html(rows, ["#", "phrase", "box score", "cosine"])
+                if rows
+                else "<p class='note'>no object grounded</p>"
+            )
+            + "</div>"
+        )
+    return f"<div class='cards'>{''.join(cards)}</div>"
