@@ -38,8 +38,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FEATURE_STAGES = ("caption", "ground", "embed", "distance")
 
 
-def figure(name: str, value: float, unit: str, target: str, ok: bool, **extra: Any) -> dict[str, Any]:
-    return {"figure": name, "value": round(value, 3), "unit": unit, "target": target, "ok": bool(ok), **extra}
+def figure(name: str, value: float, unit: str, target: str, ok: bool | None, **extra: Any) -> dict[str, Any]:
+    """One figure; `ok` None means it could not be measured here."""
+    return {
+        "figure": name,
+        "value": round(value, 3),
+        "unit": unit,
+        "target": target,
+        "ok": None if ok is None else bool(ok),
+        **extra,
+    }
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else "yes" if ok else "NO"
 
 
 # --- synthetic cached stores ---------------------------------------------------------------------
@@ -323,7 +335,7 @@ def run_all(only: str | None = None, rows: int = 80_000) -> list[dict[str, Any]]
                 float("nan"),
                 "",
                 "measured on a GPU",
-                True,
+                None,
                 note="no GPU on this machine: not measured",
             )
         )
@@ -341,7 +353,7 @@ def append_markdown(figures: list[dict[str, Any]], path: Path = ROOT / "BENCHMAR
     for f in figures:
         details = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("figure", "value", "unit", "target", "ok"))
         value = "-" if f["value"] != f["value"] else f"{f['value']} {f['unit']}"
-        lines.append(f"| {f['figure']} | {value} | {f['target']} | {'yes' if f['ok'] else 'NO'} | {details} |")
+        lines.append(f"| {f['figure']} | {value} | {f['target']} | {verdict(f['ok'])} | {details} |")
     if not path.exists():
         path.write_text("# Benchmarks\n\nAppended by `make bench`; each run records its machine and commit.\n")
     with path.open("a") as fh:

@@ -500,7 +500,7 @@ def bench(
 ) -> None:
     """Measure the speed figures (embed efficiency vs the bare model, no-op re-run over 100,000 cached
     images, head fits on 80,000 rows, distance memory at 10k vs 100k) and print each with its target."""
-    from pipeline.bench import append_markdown, run_all
+    from pipeline.bench import append_markdown, run_all, verdict
     from pipeline.log import setup_logging
 
     setup_logging(verbose)
@@ -508,7 +508,7 @@ def bench(
     for f in figures:
         value = "-" if f["value"] != f["value"] else f"{f['value']} {f['unit']}"
         extra = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("figure", "value", "unit", "target", "ok"))
-        typer.echo(f"{f['figure']:<62} {value:>12}  target {f['target']:<18} {'ok' if f['ok'] else 'MISSED'}  {extra}")
+        typer.echo(f"{f['figure']:<62} {value:>12}  target {f['target']:<18} {verdict(f['ok'])}  {extra}")
     if record:
         append_markdown(figures)
 

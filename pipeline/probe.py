@@ -77,12 +77,16 @@ class Prober:
         self._stop(kill=False)
 
     def map(self, paths: list[str]) -> list[dict[str, Any]]:
-        if self.timeout <= 0:
+        if self.timeout <= 0 or self._start() is None:
             return [probe_file(p, self.max_pixels) for p in paths]
         results: list[dict[str, Any] | None] = [None] * len(paths)
         pending = list(range(len(paths)))
         while pending:
             pool = self._start()
+            if pool is None:  # workers stopped being startable: finish here
+                for j in pending:
+                    results[j] = probe_file(paths[j], self.max_pixels)
+                break
             futures = {i: pool.submit(probe_file, paths[i], self.max_pixels) for i in pending}
             pending = []
             for i, future in futures.items():
@@ -110,10 +114,22 @@ class Prober:
         except BrokenProcessPool:
             return "decoder crashed: the worker process died while reading this file"
 
-    def _start(self) -> ProcessPoolExecutor:
+    def _start(self) -> ProcessPoolExecutor | None:
+        """The worker pool, checked with a trivial task first: when worker processes cannot start here
+        (e.g. a script fed on standard input, which spawned workers cannot re-import), decoding falls back
+        to this process, without the time limit, instead of failing every file as a crash."""
         if self._pool is None:
             # spawn: a fork of a process holding torch threads can deadlock
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                pool.submit(os.getpid).result(timeout=120)
+            except Exception as e:  # BrokenProcessPool, timeout, pickling: no usable workers
+                pool.shutdown(wait=False, cancel_futures=True)
+                log.warning("decoding worker processes are unavailable (%s: %s); decoding in this process, "
+                            "without the per-file time limit", type(e).__name__, e)
+                self.timeout = 0
+                return None
+            self._pool = pool
         return self._pool
 
     def _stop(self, kill: bool) -> None:

@@ -141,3 +141,32 @@ def test_a_manifest_cannot_make_a_stage_write_outside_the_data_directory(tmp_pat
     manifest = pl.from_arrow(store.manifest.read())
     assert sorted(manifest["status"].to_list()) == ["error", "ok"]  # /etc/hostname is read, and rejected
     assert str(outside / "ok.png") in manifest["path"].to_list()  # relative to the list file
+
+
+def test_ingest_from_a_script_on_stdin_decodes_in_process(tmp_path):
+    """Spawned decoding workers cannot re-import a script read from standard input: ingest must notice
+    (a canary task) and decode in-process, not report every file as a decoder crash."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "in" / f"{i}.png")
+    script = (
+        "from pipeline.config import resolve\nfrom pipeline.runner import run_stage\nfrom pipeline.store import Store\n"
+        f"s = run_stage('ingest', resolve('tiny'), Store({str(tmp_path / 'd')!r}), inputs=[{str(tmp_path / 'in')!r}])\n"
+        "print('RESULT', s.ok, s.error)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-"],
+        input=script,
+        text=True,
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=300,
+    )
+    assert "RESULT 3 0" in out.stdout, out.stderr[-2000:]
+    assert "decoding in this process" in out.stderr
