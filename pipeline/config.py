@@ -227,6 +227,9 @@ PROFILES.register("paper")({})  # the dataclass defaults are the paper's setting
 # The CLIP ablation of Fig. 8: the paper's pipeline with another open_clip model (OpenAI weights).
 PROFILES.register("clip-rn50")({"embed": {"model": "RN50-quickgelu", "pretrained": "openai"}})
 PROFILES.register("clip-b16")({"embed": {"model": "ViT-B-16-quickgelu", "pretrained": "openai"}})
+# The captioner ablation of Fig. 7: BLIP, and LLaVA asked the paper's one-sentence caption prompt.
+PROFILES.register("blip")({"caption": {"backend": "blip", "model": "Salesforce/blip-image-captioning-large"}})
+PROFILES.register("llava")({"caption": {"backend": "llava", "model": "llava-hf/llava-1.5-7b-hf"}})
 
 PROFILES.register("tiny")(
     {

@@ -125,8 +125,12 @@ class Prober:
                 pool.submit(os.getpid).result(timeout=120)
             except Exception as e:  # BrokenProcessPool, timeout, pickling: no usable workers
                 pool.shutdown(wait=False, cancel_futures=True)
-                log.warning("decoding worker processes are unavailable (%s: %s); decoding in this process, "
-                            "without the per-file time limit", type(e).__name__, e)
+                log.warning(
+                    "decoding worker processes are unavailable (%s: %s); decoding in this process, "
+                    "without the per-file time limit",
+                    type(e).__name__,
+                    e,
+                )
                 self.timeout = 0
                 return None
             self._pool = pool

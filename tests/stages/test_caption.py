@@ -86,3 +86,15 @@ def test_ingest_errors_propagate_as_error_rows(tmp_path, image_root):
         out = rows(store, name)
         bad = out.filter(pl.col("status") == "error")["error"][0]
         assert bad.startswith("ingest: "), bad
+
+
+def test_captioner_variants_run_as_stages_beside_each_other(tmp_path, image_root):
+    store = Store(tmp_path)
+    run_stage("ingest", tiny(), store, inputs=[image_root / "toygan"])
+    fingerprints = set()
+    for backend in ("blip2", "blip", "llava"):
+        config = resolve("tiny", {"caption": {"backend": backend, "model": f"tiny/{backend}"}}, {"device": "cpu"})
+        stats = run_stage("caption", config, store)
+        assert (stats.ok, stats.error) == (12, 0), backend
+        fingerprints.add(make_stage("caption", config, store).fingerprint)
+    assert sorted(store.fingerprints("caption")) == sorted(fingerprints) and len(fingerprints) == 3

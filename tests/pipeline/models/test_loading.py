@@ -37,6 +37,22 @@ def test_blip2_from_a_local_directory_matches_the_tiny_build(tmp_path, images):
     assert all(isinstance(c, str) and c for c in from_dir)
 
 
+@pytest.mark.parametrize("backend", ["blip", "llava"])
+def test_other_captioners_from_a_local_directory_match_their_tiny_builds(tmp_path, images, backend):
+    from pipeline.models.captioners import CAPTIONERS as registry
+
+    tiny_cfg = dataclasses.replace(resolve("tiny").stage("caption"), backend=backend, model=f"tiny/{backend}")
+    captioner = registry.get(backend)(tiny_cfg, "cpu")
+    model, processor = captioner.tiny(tiny_cfg.seed)
+    model.save_pretrained(tmp_path / backend, safe_serialization=True)
+    processor.save_pretrained(tmp_path / backend)
+    local = dataclasses.replace(tiny_cfg, model=str(tmp_path / backend))
+    from_dir = registry.get(backend)(local, "cpu").caption(images)
+    assert from_dir == captioner.caption(images)
+    assert all(isinstance(c, str) and c and "USER" not in c for c in from_dir)  # the prompt is not echoed
+    assert resolve(backend).stage("caption").backend == backend
+
+
 def test_grounding_dino_from_a_local_directory_matches_the_tiny_build(tmp_path, images):
     tiny_cfg = resolve("tiny").stage("ground")
     model, processor = tiny_grounding_dino(tiny_cfg.seed)
@@ -82,7 +98,7 @@ def test_center_crop_is_the_papers_224_crop(images):
 def test_every_registered_backend_is_listed():
     from pipeline.models import captioners, grounders, groundingdino_py  # noqa: F401
 
-    assert CAPTIONERS.names() == ["blip2"]
+    assert CAPTIONERS.names() == ["blip", "blip2", "llava"]
     assert GROUNDERS.names() == ["groundingdino-py", "transformers"]
     with pytest.raises(KeyError, match="unknown grounder 'glip'"):
         GROUNDERS.get("glip")
