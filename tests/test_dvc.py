@@ -15,7 +15,7 @@ import yaml
 from pipeline.demo import make_images
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "caption", "ground", "embed", "distance", "fit", "evaluate"]
+STAGES = ["ingest", "caption", "ground", "embed", "distance", "fit", "evaluate", "report"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -49,6 +49,6 @@ def test_dvc_repro_runs_everything_then_nothing_then_only_what_changed(tmp_path)
     params["ground"] = {"box_threshold": 0.5}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = ran(run(["dvc", "repro"], repo))
-    assert [s for s in third if s != "ingest"] == ["ground", "embed", "distance", "fit", "evaluate"]
+    assert [s for s in third if s != "ingest"] == ["ground", "embed", "distance", "fit", "evaluate", "report"]
     parts = list((repo / "data/features/caption").rglob("part-*.parquet"))
     assert parts and len(list((repo / "data/features/ground").iterdir())) == 2  # old shards kept beside new
