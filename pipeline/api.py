@@ -18,7 +18,7 @@ from pipeline.config import PipelineConfig, resolve
 from pipeline.heads import FittedHead
 from pipeline.runner import make_stage
 from pipeline.store import Store
-from stages.distance import unit
+from stages.distance import object_cosines
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,9 @@ def _score(head: FittedHead, frame: pl.DataFrame) -> pl.DataFrame:
 
 def _object_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
     objects = row.get("objects") or []
-    images = row.get("object_image_embeds") or []
-    texts = row.get("object_text_embeds") or []
+    cosines = object_cosines(row.get("object_image_embeds"), row.get("object_text_embeds"))
     out = []
-    for obj, i, t in zip(objects, images, texts, strict=False):
-        cosine = float(unit(np.asarray(i)) @ unit(np.asarray(t)))
+    for obj, cosine in zip(objects, cosines, strict=False):
         out.append(
             {
                 "phrase": obj["phrase"],

@@ -196,7 +196,7 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
 def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame, scores: np.ndarray, n: int) -> str:
     """Cards for the most confident real and fake test images: boxes, caption, per-object cosines."""
     from pipeline.runner import make_stage
-    from stages.distance import unit
+    from stages.distance import object_cosines
 
     order = np.argsort(scores)
     chosen = list(dict.fromkeys([*order[: n // 2].tolist(), *order[::-1][: n - n // 2].tolist()]))
@@ -220,10 +220,7 @@ def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame,
     for i, image_id in zip(chosen, ids, strict=True):
         objects = (frames["ground"].get(image_id) or {}).get("objects") or []
         emb = frames["embed"].get(image_id) or {}
-        cosines = [
-            float(unit(np.asarray(a)) @ unit(np.asarray(b)))
-            for a, b in zip(emb.get("object_image_embeds") or [], emb.get("object_text_embeds") or [], strict=False)
-        ]
+        cosines = object_cosines(emb.get("object_image_embeds"), emb.get("object_text_embeds"))
         truth = "fake" if test["label"][int(i)] == 1 else "real"
         rows = [
             [str(k), o["phrase"], f"{o['score']:.2f}", f"{c:.3f}"]

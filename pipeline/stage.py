@@ -183,7 +183,10 @@ class FeatureStage(Stage):
                 f"none for this configuration: run {hint} first"
             )
         driver = source.key_table().column("image_id")
-        done = pa.array(list(self.store.features(self.name, self.fingerprint).ids(ok_only=retry_errors)), pa.string())
+        keys = self.store.features(self.name, self.fingerprint).key_table()
+        if retry_errors:
+            keys = keys.filter(pc.equal(keys.column("status"), STATUS_OK))
+        done = keys.column("image_id")
         mask = pc.invert(pc.is_in(driver, value_set=done))
         if ids is not None:
             mask = pc.and_(mask, pc.is_in(driver, value_set=pa.array(list(ids), pa.string())))

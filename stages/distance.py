@@ -29,6 +29,12 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
+def object_cosines(image_embeds: list | None, text_embeds: list | None) -> list[float]:
+    """Cosine of each object crop's embedding with its phrase's (the terms cos_local averages)."""
+    pairs = zip(image_embeds or [], text_embeds or [], strict=False)
+    return [float(unit(np.asarray(i, dtype=np.float64)) @ unit(np.asarray(t, dtype=np.float64))) for i, t in pairs]
+
+
 def vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     """A fixed-size-list column as an (n, dim) float64 array (no per-row Python objects)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
