@@ -4,7 +4,7 @@ DATA ?= data
 PROFILE ?=
 INPUTS ?=
 # Run the CLI from this checkout (not whichever checkout was pip-installed last).
-ITEM = PYTHONPATH=$(CURDIR) $(PYTHON) -m pipeline.cli
+ITEM = PYTHONPATH=$(CURDIR) $(PYTHON) -m pipeline
 OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
 OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
 

@@ -1,21 +1,20 @@
-"""One module per stage. `STAGES` maps names to classes in pipeline order."""
+"""The built-in stages, one module each. Importing this package registers every one of them into
+the engine's `STAGES` registry (pipeline.engine.stage); no stage module imports another.
 
-from __future__ import annotations
+Per-image feature stages (engine/feature.py's base, resumed by keys): caption, ground, embed,
+distance. Whole-dataset jobs (engine/job.py's base): ingest, fit, evaluate, and the side jobs
+baselines, perturb and robustness.
+"""
 
-import importlib
-
-from pipeline.registry import Registry
-
-STAGES: Registry[type] = Registry("stage")
-
-# Pipeline order; each module registers its class on import.
-ORDER = ("ingest", "caption", "ground", "embed", "distance", "fit", "evaluate")
-FEATURE_STAGES = ("caption", "ground", "embed", "distance")
-
-
-def get_stage_class(name: str) -> type:
-    if name not in STAGES:
-        if name not in ORDER:
-            STAGES.get(name)  # raises the registry's error listing known names
-        importlib.import_module(f"stages.{name}")
-    return STAGES.get(name)
+from stages import (  # noqa: F401  (each module registers its class)
+    baselines,
+    caption,
+    distance,
+    embed,
+    evaluate,
+    fit,
+    ground,
+    ingest,
+    perturb,
+    robustness,
+)

@@ -26,17 +26,22 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.config import PipelineConfig, as_dict
-from pipeline.heads import CONFIG, HEADS, FittedHead, save_head, sigmoid
-from pipeline.registry import Registry
-from pipeline.store import Store
+from pipeline.engine.config import as_dict
+from pipeline.engine.errors import UsageError
+from pipeline.engine.job import Job, Progress
+from pipeline.engine.registry import Registry
+from pipeline.engine.stage import STAGES, RunStats
+from pipeline.method.evaluation import evaluate_scores
+from pipeline.method.heads import CONFIG, HEADS, FittedHead, save_head, sigmoid
+from pipeline.method.misalignment import unit
+from pipeline.method.rows import labelled_manifest, rows_digest
 
 log = logging.getLogger(__name__)
 
 LEAK_AP = 0.9
 FORMATS = ("JPEG", "PNG", "WEBP")
 
-Source = Callable[[PipelineConfig, Store], tuple[str, pl.DataFrame, np.ndarray]]
+Source = Callable[["BaselinesJob"], tuple[str, pl.DataFrame, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -53,42 +58,39 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    return unit(x).astype(np.float32)
 
 
-def _stage_rows(config: PipelineConfig, store: Store, stage: str, columns: list[str]) -> tuple[str, pl.DataFrame]:
-    from pipeline.runner import make_stage
-
-    fp = make_stage(stage, config, store).fingerprint
-    part_dir = store.features(stage, fp)
+def _stage_rows(job: BaselinesJob, stage: str, columns: list[str]) -> tuple[str, pl.DataFrame]:
+    fp = job.upstream(stage).fingerprint
+    part_dir = job.store.features(stage, fp)
     if not part_dir.exists():
         raise FileNotFoundError(f"no {stage} rows under {part_dir.path}: run `item {stage}` first")
     frame = pl.from_arrow(part_dir.read(["image_id", "status", *columns])).filter(pl.col("status") == "ok")
     return fp, frame.drop("status").sort("image_id")
 
 
-def image_embedding(config: PipelineConfig, store: Store) -> tuple[str, pl.DataFrame, np.ndarray]:
-    fp, frame = _stage_rows(config, store, "embed", ["image_embed"])
+def image_embedding(job: BaselinesJob) -> tuple[str, pl.DataFrame, np.ndarray]:
+    fp, frame = _stage_rows(job, "embed", ["image_embed"])
     return fp, frame.select("image_id"), unit_rows(frame["image_embed"].to_numpy())
 
 
-def image_and_caption(config: PipelineConfig, store: Store) -> tuple[str, pl.DataFrame, np.ndarray]:
-    fp, frame = _stage_rows(config, store, "embed", ["image_embed", "text_embed"])
+def image_and_caption(job: BaselinesJob) -> tuple[str, pl.DataFrame, np.ndarray]:
+    fp, frame = _stage_rows(job, "embed", ["image_embed", "text_embed"])
     x = np.concatenate([unit_rows(frame["image_embed"].to_numpy()), unit_rows(frame["text_embed"].to_numpy())], 1)
     return fp, frame.select("image_id"), x
 
 
-def cosines(config: PipelineConfig, store: Store) -> tuple[str, pl.DataFrame, np.ndarray]:
-    fp, frame = _stage_rows(config, store, "distance", ["cos_global", "cos_local"])
+def cosines(job: BaselinesJob) -> tuple[str, pl.DataFrame, np.ndarray]:
+    fp, frame = _stage_rows(job, "distance", ["cos_global", "cos_local"])
     local = frame["cos_local"].fill_null(frame["cos_global"])
     return fp, frame.select("image_id"), np.stack([frame["cos_global"].to_numpy(), local.to_numpy()], 1)
 
 
-def file_properties(config: PipelineConfig, store: Store) -> tuple[str, pl.DataFrame, np.ndarray]:
+def file_properties(job: BaselinesJob) -> tuple[str, pl.DataFrame, np.ndarray]:
     m = (
         pl.from_arrow(
-            store.manifest.read(["image_id", "format", "jpeg_quality", "n_bytes", "width", "height", "status"])
+            job.store.manifest.read(["image_id", "format", "jpeg_quality", "n_bytes", "width", "height", "status"])
         )
         .filter(pl.col("status") == "ok")
         .sort("image_id")
@@ -121,93 +123,77 @@ METHODS.register("cosine-local")(Method("cosine-local", cosines, zero_shot=lambd
 METHODS.register("format")(Method("format", file_properties, learner="logreg"))
 
 
-def labelled(store: Store) -> pl.DataFrame:
-    """Labelled original images (derived, perturbed copies are for the robustness grid only)."""
-    m = pl.from_arrow(store.manifest.read(["image_id", "label", "generator", "dataset", "split", "perturbation"]))
-    return m.filter(pl.col("label").is_not_null() & pl.col("perturbation").is_null()).drop("perturbation")
+@STAGES.register("baselines")
+class BaselinesJob(Job):
+    """Scores `split` with each named baseline method, training it on the train split's cached rows
+    first where it learns (its head is saved under models/<method>-<fingerprint>/ and reused).
 
-
-def _digest(frame: pl.DataFrame) -> str:
-    digest = hashlib.sha256()
-    for image_id, label in frame.select("image_id", "label").sort("image_id").iter_rows():
-        digest.update(f"{image_id}:{label};".encode())
-    return digest.hexdigest()[:16]
-
-
-def scores_for(
-    method: Method, config: PipelineConfig, store: Store, split: str
-) -> tuple[str, pl.DataFrame, np.ndarray]:
-    """Train the method on the train split if it learns (or reuse its saved head); score `split`.
-
-    Returns (model name, the scored rows with labels and generators, P(fake) per row).
+    After `run`, `results` holds one evaluation result per method, in the order given.
     """
-    source_fp, ids, x = method.source(config, store)
-    frame = ids.with_row_index("_x").join(labelled(store), on="image_id", how="inner").sort("image_id")
-    fit_cfg = config.stage("fit")
-    test = frame.filter(pl.col("split") == split)
-    if test.is_empty() and split == "test":
-        test = frame.filter(pl.col("split") == "val")
-    if method.learner is None:
-        return method.name, test, method.zero_shot(x[test["_x"].to_numpy()])
-    cfg = replace(fit_cfg, head=method.learner)
-    train = frame.filter(pl.col("split") == fit_cfg.train_split)
-    identity = {"method": method.name, "source": source_fp, "head": cfg.identity(), "train_set": _digest(train)}
-    fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    model_dir = store.models / f"{method.name}-{fp}"
-    if not (model_dir / CONFIG).exists():
-        labels = train["label"].to_numpy()
-        if len(set(labels.tolist())) < 2:
-            raise ValueError(f"{method.name}: the train split needs real and fake rows with features")
-        head = HEADS.get(method.learner)(cfg)
-        head.fit(x[train["_x"].to_numpy()], labels)
-        save_head(
-            model_dir,
-            head,
-            {
-                "fit": as_dict(cfg),
-                "identity": identity,
-                "method": method.name,
-                "features": {"source": source_fp},
-                "n_train": int(len(labels)),
-            },
-        )
-        log.info("%s: trained on %d cached rows -> %s", method.name, len(labels), model_dir)
-    fitted = FittedHead(model_dir)
-    return model_dir.name, test, sigmoid(fitted.head.logits(x[test["_x"].to_numpy()]))
 
+    name = "baselines"
+    inputs = ("embed", "distance", "manifest")
+    step = False
 
-def compare(methods: list[str], config: PipelineConfig, store: Store, split: str = "test") -> list[dict[str, Any]]:
-    """One evaluation result per method (the ITEM head via the fit stage), in the order given."""
-    from pipeline.runner import run_stage
-    from stages.evaluate import EvaluateStage, evaluate_scores
-    from stages.fit import FitStage
+    def __init__(self, *args: Any, methods: list[str] = (), split: str = "test", **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.methods = [METHODS.get(m) for m in methods]  # an unknown name fails before any work
+        self.split = split
+        self.results: list[dict[str, Any]] = []
 
-    results = []
-    for name in methods:
-        if name == "item":
-            run_stage("fit", config, store)
-            stage = EvaluateStage(config, store, models=[FitStage(config, store).model_dir])
-            stage.run()
-            result = dict(stage.result)
-        else:
-            model_name, rows, scores = scores_for(METHODS.get(name), config, store, split)
+    def label(self) -> str:
+        return ",".join(m.name for m in self.methods)
+
+    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+        for method in self.methods:
+            model_name, rows, scores = self.scores_for(method)
             result = evaluate_scores(model_name, rows, scores, 0.5)
-        result["method"] = name
-        result["model"], result["model_dir"] = name, result["model"]
-        results.append(result)
-    _write_reports(results, store)
-    return results
+            result["method"] = method.name
+            self.results.append(result)
+            stats.ok += len(rows)
+            if progress is not None:
+                progress(len(rows))
 
+    def scores_for(self, method: Method) -> tuple[str, pl.DataFrame, np.ndarray]:
+        """Train the method on the train split if it learns (or reuse its saved head); score the split.
 
-def _write_reports(results: list[dict[str, Any]], store: Store) -> None:
-    from pipeline.metrics import LABELS, table
-
-    store.reports.mkdir(parents=True, exist_ok=True)
-    for metric in ("acc", "ap"):
-        (store.reports / f"comparison_{metric}.csv").write_text(table(results, metric, markdown=False) + "\n")
-        (store.reports / f"comparison_{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(results, metric)}\n")
-    summary = {r["method"]: {"model": r["model_dir"], "all": r["all"], "mean": r["mean"]} for r in results}
-    (store.reports / "comparison.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        Returns (model name, the scored rows with labels and generators, P(fake) per row).
+        """
+        source_fp, ids, x = method.source(self)
+        frame = (
+            ids.with_row_index("_x").join(labelled_manifest(self.store), on="image_id", how="inner").sort("image_id")
+        )
+        fit_cfg = self.pipeline.stage("fit")
+        test = frame.filter(pl.col("split") == self.split)
+        if test.is_empty() and self.split == "test":
+            test = frame.filter(pl.col("split") == "val")
+        if method.learner is None:
+            return method.name, test, method.zero_shot(x[test["_x"].to_numpy()])
+        cfg = replace(fit_cfg, head=method.learner)
+        train = frame.filter(pl.col("split") == fit_cfg.train_split)
+        identity = {"method": method.name, "source": source_fp, "head": cfg.identity(), "train_set": rows_digest(train)}
+        fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        model_dir = self.store.models / f"{method.name}-{fp}"
+        if not (model_dir / CONFIG).exists():
+            labels = train["label"].to_numpy()
+            if len(set(labels.tolist())) < 2:
+                raise UsageError(f"{method.name}: the train split needs real and fake rows with features")
+            head = HEADS.get(method.learner)(cfg)
+            head.fit(x[train["_x"].to_numpy()], labels)
+            save_head(
+                model_dir,
+                head,
+                {
+                    "fit": as_dict(cfg),
+                    "identity": identity,
+                    "method": method.name,
+                    "features": {"source": source_fp},
+                    "n_train": int(len(labels)),
+                },
+            )
+            log.info("%s: trained on %d cached rows -> %s", method.name, len(labels), model_dir)
+        fitted = FittedHead(model_dir)
+        return model_dir.name, test, sigmoid(fitted.head.logits(x[test["_x"].to_numpy()]))
 
 
 def leakage_warning(results: list[dict[str, Any]]) -> str | None:

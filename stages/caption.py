@@ -1,4 +1,5 @@
-"""caption: p = Caption(x) (Eq. 1). BLIP-2 by default; or the caption column of the user's list."""
+"""caption: p = Caption(x) (Eq. 1). BLIP-2 by default; any registered captioner (BLIP, LLaVA, or
+`column`: the caption column of the user's list)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.imageio import ImageDecodeError
-from pipeline.stage import FeatureStage
-from stages import STAGES
-from stages._images import load_images
+from pipeline.engine import schemas
+from pipeline.engine.feature import FeatureStage
+from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.stage import STAGES
+from pipeline.models import CAPTIONERS, Captioner, shared_backend
 
 
 @STAGES.register("caption")
@@ -22,39 +23,38 @@ class CaptionStage(FeatureStage):
     schema = schemas.CAPTION
 
     @cached_property
-    def captioner(self):
-        from pipeline.models import CAPTIONERS, captioners, shared_backend  # noqa: F401  (captioners registers)
-
+    def captioner(self) -> Captioner:
         return shared_backend("caption", CAPTIONERS.get(self.cfg.backend), self.cfg, self.runtime.device)
 
     def setup(self) -> None:
-        if self.cfg.backend != "column":
-            self.captioner.load()
+        self.captioner.load()
 
-    def prepare(self, batch: pa.Table) -> list[Any] | None:
-        if self.cfg.backend == "column":
-            return None
-        return load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+    def prepare(self, batch: pa.Table) -> list[Any]:
+        """What the captioner reads: decoded images, or the manifest's caption text."""
+        if self.captioner.reads == "caption":
+            return batch.column("caption").to_pylist()
+        max_pixels = self.pipeline.stage("ingest").max_image_pixels
+        return load_images(batch.column("path").to_pylist(), max_pixels, self.runtime.loader_threads)
 
-    def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
+    def process(self, batch: pa.Table, inputs: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()
-        if self.cfg.backend == "column":
-            return [
-                {"image_id": i, "caption": c}
-                if c
-                else {
-                    "image_id": i,
-                    "status": schemas.STATUS_ERROR,
-                    "error": "no caption: the list gives none for this image",
-                }
-                for i, c in zip(ids, batch.column("caption").to_pylist(), strict=True)
-            ]
-        images = images if images is not None else self.prepare(batch)
-        good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
-        captions = self.captioner.caption([images[k] for k in good]) if good else []
+        inputs = inputs if inputs is not None else self.prepare(batch)
+        good = [k for k, item in enumerate(inputs) if not isinstance(item, ImageDecodeError)]
+        captions = self.captioner.caption([inputs[k] for k in good]) if good else []
         rows = [
-            {"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)
+            {"image_id": i, "status": schemas.STATUS_ERROR, "error": str(item)}
+            for i, item in zip(ids, inputs, strict=True)
         ]
         for k, text in zip(good, captions, strict=True):
-            rows[k] = {"image_id": ids[k], "caption": text}
+            rows[k] = (
+                {"image_id": ids[k], "caption": text}
+                if text is not None
+                else {"image_id": ids[k], "status": schemas.STATUS_ERROR, "error": self.no_caption}
+            )
         return rows
+
+    @property
+    def no_caption(self) -> str:
+        if self.captioner.reads == "caption":
+            return "no caption: the list gives none for this image"
+        return f"no caption: {self.cfg.backend} gave none"

@@ -1,14 +1,6 @@
-"""distance: the misalignment vectors of Eq. 3-7, computed from the stored raw embeddings.
-
-    D_g   = I_0/|I_0| - T_0/|T_0|                       (Eq. 4)
-    D_l^i = I_i/|I_i| - T_i/|T_i|,  i = 1..n            (Eq. 6)
-    D_l   = (1/n) sum_i D_l^i                            (Eq. 7)
-    cos_global = <I_0/|I_0|, T_0/|T_0|>;  cos_local = (1/n) sum_i <I_i/|I_i|, T_i/|T_i|>
-
-Zero objects (n = 0): D_l is the zero vector, n_objects = 0 and cos_local is null, so that
-D = w1*D_g + w2*D_l (Eq. 8, formed by the head) falls back to w1*D_g. Arithmetic is float64;
-vectors are stored as float32.
-"""
+"""distance: the misalignment vectors of Eq. 3-7 (`pipeline.method.misalignment`), computed from the
+stored raw embeddings. Zero objects: D_l is zero, n_objects = 0 and cos_local is null. Vectors are
+stored as float32."""
 
 from __future__ import annotations
 
@@ -18,47 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schemas
-from pipeline.stage import FeatureStage
-from stages import STAGES
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (a zero row stays zero)."""
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
-
-
-def object_cosines(image_embeds: list | None, text_embeds: list | None) -> list[float]:
-    """Cosine of each object crop's embedding with its phrase's (the terms cos_local averages)."""
-    pairs = zip(image_embeds or [], text_embeds or [], strict=False)
-    return [float(unit(np.asarray(i, dtype=np.float64)) @ unit(np.asarray(t, dtype=np.float64))) for i, t in pairs]
-
-
-def vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """A fixed-size-list column as an (n, dim) float64 array (no per-row Python objects)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float64)
-
-
-def misalignment(
-    image: np.ndarray, text: np.ndarray, obj_image: np.ndarray, obj_text: np.ndarray, counts: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Eq. 3-7 for a batch: global (n, dim) pairs and objects flattened with per-row `counts`."""
-    ui, ut = unit(image), unit(text)
-    d_global = ui - ut
-    cos_global = np.einsum("ij,ij->i", ui, ut)
-    oi, ot = unit(obj_image), unit(obj_text)
-    d_obj = oi - ot
-    cos_obj = np.einsum("ij,ij->i", oi, ot)
-    rows = np.repeat(np.arange(len(counts)), counts)
-    d_local = np.zeros_like(d_global)
-    np.add.at(d_local, rows, d_obj)
-    cos_sum = np.bincount(rows, weights=cos_obj, minlength=len(counts))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d_local /= np.maximum(counts, 1)[:, None]
-        cos_local = np.where(counts > 0, cos_sum / np.maximum(counts, 1), np.nan)
-    return {"d_global": d_global, "d_local": d_local, "cos_global": cos_global, "cos_local": cos_local}
+from pipeline.engine import schemas
+from pipeline.engine.feature import FeatureStage
+from pipeline.engine.stage import STAGES
+from pipeline.method.misalignment import fixed_size, misalignment, vectors
 
 
 @STAGES.register("distance")
@@ -69,9 +24,7 @@ class DistanceStage(FeatureStage):
 
     @cached_property
     def dim(self) -> int:
-        from stages.embed import EmbedStage
-
-        return EmbedStage(self.pipeline, self.store).schema.field("image_embed").type.list_size
+        return self.upstream("embed").schema.field("image_embed").type.list_size
 
     @cached_property
     def schema(self) -> pa.Schema:
@@ -102,8 +55,8 @@ class DistanceStage(FeatureStage):
         return pa.table(
             {
                 "image_id": batch.column("image_id"),
-                "d_global": _fixed(d["d_global"], dim),
-                "d_local": _fixed(d["d_local"], dim),
+                "d_global": fixed_size(d["d_global"], dim),
+                "d_local": fixed_size(d["d_local"], dim),
                 "n_objects": pa.array(counts.astype(np.int32)),
                 "cos_global": pa.array(d["cos_global"].astype(np.float32)),
                 "cos_local": cos_local,
@@ -112,7 +65,3 @@ class DistanceStage(FeatureStage):
             },
             schema=self.schema,
         )
-
-
-def _fixed(x: np.ndarray, dim: int) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), dim)

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.imageio import ImageDecodeError
-from pipeline.stage import FeatureStage
-from stages import STAGES
-from stages._images import load_images
+from pipeline.engine import schemas
+from pipeline.engine.feature import FeatureStage
+from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.stage import STAGES
+from pipeline.models import ENCODERS, Encoder, shared_backend
+from pipeline.models.clip import embed_dim
 
 
 def crop_box(image, box: list[float]):
@@ -34,16 +35,11 @@ class EmbedStage(FeatureStage):
     lookup_columns = {"caption": ("caption",), "manifest": ("path",)}
 
     @cached_property
-    def encoder(self):
-        from pipeline.models import shared_backend
-        from pipeline.models.clip import ClipEncoder
-
-        return shared_backend("embed", ClipEncoder, self.cfg, self.runtime.device)
+    def encoder(self) -> Encoder:
+        return shared_backend("embed", ENCODERS.get("open_clip"), self.cfg, self.runtime.device)
 
     @cached_property
     def schema(self) -> pa.Schema:
-        from pipeline.models.clip import embed_dim
-
         return schemas.embed_schema(embed_dim(self.cfg))
 
     def setup(self) -> None:
@@ -51,7 +47,8 @@ class EmbedStage(FeatureStage):
 
     def prepare(self, batch: pa.Table) -> list[Any]:
         """Per row: the whole-image tensor and one tensor per object crop, or the decode error."""
-        images = load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        max_pixels = self.pipeline.stage("ingest").max_image_pixels
+        images = load_images(batch.column("path").to_pylist(), max_pixels, self.runtime.loader_threads)
         prepared: list[Any] = []
         for image, objects in zip(images, batch.column("objects").to_pylist(), strict=True):
             if isinstance(image, ImageDecodeError):

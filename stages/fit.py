@@ -3,10 +3,8 @@ split, and save it under models/<head>-<fingerprint>/."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,83 +12,30 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.config import as_dict
-from pipeline.executors import Executor
-from pipeline.heads import CONFIG, HEADS, calibrate, feature_matrix, save_head
-from pipeline.stage import RunStats, Stage
-from stages import STAGES
+from pipeline.engine.config import as_dict
+from pipeline.engine.errors import UsageError
+from pipeline.engine.job import Job, Progress
+from pipeline.engine.stage import STAGES, RunStats
+from pipeline.method.heads import CONFIG, HEADS, calibrate, feature_matrix, save_head
+from pipeline.method.rows import LATEST, labelled_rows, latest_model, rows_digest, to_numpy
 
 log = logging.getLogger(__name__)
 
-LATEST = "LATEST"
-
-
-def labelled_rows(
-    store,
-    distance_fp: str,
-    split: str | None = None,
-    vectors: bool = True,
-    perturbation: str | None = None,
-    generators: tuple[str, ...] = (),
-    datasets: tuple[str, ...] = (),
-) -> pl.DataFrame:
-    """Labelled distance rows with status ok joined to the manifest, ordered by image_id.
-
-    Args:
-        split: one split, or all.
-        vectors: read D_g and D_l (False: ids, labels, generators and splits only, for fingerprints).
-        perturbation: None for original images only, "*" for every derived image, or one ("jpeg:50").
-        generators, datasets: keep only these (empty: all), e.g. to train on one generator.
-    """
-    distance = store.features("distance", distance_fp)
-    if not distance.exists():
-        raise FileNotFoundError(f"no distance rows under {distance.path}: run `item distance` first")
-    keys = pl.from_arrow(distance.current_keys()).filter(pl.col("status") == "ok").drop("status")
-    m = pl.from_arrow(
-        store.manifest.read(["image_id", "label", "generator", "dataset", "split", "source_id", "perturbation"])
-    )
-    rows = keys.join(m, on="image_id", how="inner").filter(pl.col("label").is_not_null())
-    if perturbation is None:
-        rows = rows.filter(pl.col("perturbation").is_null())
-    elif perturbation != "*":
-        rows = rows.filter(pl.col("perturbation") == perturbation)
-    else:
-        rows = rows.filter(pl.col("perturbation").is_not_null())
-    if split is not None:
-        rows = rows.filter(pl.col("split") == split)
-    if generators:
-        rows = rows.filter(pl.col("generator").is_in(list(generators)))
-    if datasets:
-        rows = rows.filter(pl.col("dataset").is_in(list(datasets)))
-    if vectors:
-        vec = pl.from_arrow(distance.read(["image_id", "d_global", "d_local"], ids=rows["image_id"].to_list()))
-        rows = rows.join(vec, on="image_id", how="inner")
-    return rows.sort("image_id")
-
-
-def to_numpy(column: pl.Series) -> np.ndarray:
-    return column.to_numpy().astype(np.float32)
-
-
-def rows_digest(rows: pl.DataFrame) -> str:
-    digest = hashlib.sha256()
-    for image_id, label in rows.select("image_id", "label").iter_rows():
-        digest.update(f"{image_id}:{label};".encode())
-    return digest.hexdigest()[:16]
-
 
 @STAGES.register("fit")
-class FitStage(Stage):
+class FitStage(Job):
     """Fits the configured head on the training split; a head with the same fingerprint is reused."""
 
     name = "fit"
     inputs = ("distance", "manifest")
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        HEADS.get(self.cfg.head)  # an unknown head fails before any work, listing the known ones
+
     @cached_property
     def distance_fp(self) -> str:
-        from stages.distance import DistanceStage
-
-        return DistanceStage(self.pipeline, self.store).fingerprint
+        return self.upstream("distance").fingerprint
 
     @cached_property
     def rows(self) -> pl.DataFrame:
@@ -122,6 +67,9 @@ class FitStage(Stage):
             "calibration_set": rows_digest(self.split(self.cfg.calibration_split)),
         }
 
+    def summary(self) -> dict[str, Any]:
+        return {"stage": self.name, "model": latest_model(self.store).name}
+
     @property
     def model_dir(self) -> Path:
         return self.store.models / f"{self.cfg.head}-{self.fingerprint}"
@@ -131,15 +79,8 @@ class FitStage(Stage):
             to_numpy(rows["d_global"]), to_numpy(rows["d_local"]), self.cfg.features, self.cfg.w1, self.cfg.w2
         )
 
-    def run(
-        self,
-        ids: Iterable[str] | None = None,
-        executor: Executor | None = None,
-        progress: Callable[[int], None] | None = None,
-        retry_errors: bool = False,
-    ) -> RunStats:
+    def compute(self, stats: RunStats, progress: Progress | None) -> None:
         start = time.perf_counter()
-        stats = RunStats(self.name, self.fingerprint)
         target = self.model_dir
         if (target / CONFIG).exists():
             log.info("fit [%s]: head already fitted at %s", self.fingerprint, target)
@@ -147,7 +88,7 @@ class FitStage(Stage):
             train = self.vectors(self.cfg.train_split)
             labels = train["label"].to_numpy()
             if len(set(labels.tolist())) < 2:
-                raise ValueError(
+                raise UsageError(
                     f"fit: the {self.cfg.train_split!r} split needs labelled real and fake rows "
                     f"(has {len(labels)} row(s), classes {sorted(set(labels.tolist()))})"
                 )
@@ -184,5 +125,3 @@ class FitStage(Stage):
                 target,
             )
         (self.store.models / LATEST).write_text(target.name + "\n")
-        stats.seconds = time.perf_counter() - start
-        return stats

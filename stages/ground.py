@@ -7,11 +7,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.imageio import ImageDecodeError
-from pipeline.stage import FeatureStage
-from stages import STAGES
-from stages._images import load_images
+from pipeline.engine import schemas
+from pipeline.engine.feature import FeatureStage
+from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.stage import STAGES
+from pipeline.models import GROUNDERS, Grounder, shared_backend
 
 
 @STAGES.register("ground")
@@ -23,16 +23,15 @@ class GroundStage(FeatureStage):
     schema = schemas.GROUND
 
     @cached_property
-    def grounder(self):
-        from pipeline.models import GROUNDERS, grounders, groundingdino_py, shared_backend  # noqa: F401
-
+    def grounder(self) -> Grounder:
         return shared_backend("ground", GROUNDERS.get(self.cfg.backend), self.cfg, self.runtime.device)
 
     def setup(self) -> None:
         self.grounder.load()
 
     def prepare(self, batch: pa.Table) -> list[Any] | None:
-        return load_images(batch.column("path").to_pylist(), self.pipeline, self.runtime.loader_threads)
+        max_pixels = self.pipeline.stage("ingest").max_image_pixels
+        return load_images(batch.column("path").to_pylist(), max_pixels, self.runtime.loader_threads)
 
     def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

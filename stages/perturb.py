@@ -1,109 +1,102 @@
 """perturb: the paper's robustness grid (Fig. 4) as derived images that flow through every stage.
 
-Gaussian noise sigma in {0.001, 0.005, 0.01}, on pixel values scaled to [0, 1] (sigma 0.01 is
-2.55 grey levels), added per pixel and channel, then clipped and rounded back to 8 bits; Gaussian
-blur sigma in {1, 2, 3} pixels (Pillow's GaussianBlur, whose radius is the standard deviation);
-JPEG re-compression at quality {75, 50, 25} (libjpeg, 4:2:0). Real and fake images get the same
-operations; the noise is seeded by (seed, source image_id, level), so the same run twice writes the
-same bytes, and so the same image_ids. A derived image is a new image: its own image_id, with
-`source_id` and `perturbation` (e.g. "jpeg:50") in the manifest; it keeps its source's label,
-generator, dataset and split. Noise and blur results are stored as PNG (lossless), JPEG ones as JPEG.
+The operations are `pipeline.method.perturbations`. Each derived image is written once (a re-run
+reuses the file, so the same image_id) and ingested with `source_id` and `perturbation`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-from PIL import Image, ImageFilter
 
-from pipeline.config import PipelineConfig
-from pipeline.imageio import load_rgb
-from pipeline.store import Store
+from pipeline.engine.errors import UsageError
+from pipeline.engine.imageio import load_rgb
+from pipeline.engine.job import Job, Progress
+from pipeline.engine.sources import Source
+from pipeline.engine.stage import STAGES, RunStats
+from pipeline.method.perturbations import GRID, apply, label
 
 log = logging.getLogger(__name__)
 
-GRID: dict[str, tuple[float, ...]] = {"noise": (0.001, 0.005, 0.01), "blur": (1, 2, 3), "jpeg": (75, 50, 25)}
 
+@STAGES.register("perturb")
+class PerturbJob(Job):
+    """Writes the derived images of every ok, labelled, original image of `split`.
 
-def label(kind: str, level: float) -> str:
-    return f"{kind}:{level:g}"
+    After `run`, `sources` holds their ingest sources (ingest them to add them to the manifest).
+    """
 
+    name = "perturb"
+    inputs = ("manifest",)
+    step = False
 
-def apply(image: Image.Image, kind: str, level: float, seed: int, source_id: str) -> tuple[bytes, str]:
-    """The perturbed image's file bytes and extension."""
-    buf = io.BytesIO()
-    if kind == "noise":
-        key = hashlib.sha256(f"{seed}:{source_id}:{level}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(key[:8], "little"))
-        arr = np.asarray(image, dtype=np.float64) / 255.0
-        noisy = np.clip(arr + rng.normal(0.0, level, arr.shape), 0.0, 1.0)
-        Image.fromarray((noisy * 255.0).round().astype(np.uint8)).save(buf, format="PNG")
-        return buf.getvalue(), "png"
-    if kind == "blur":
-        image.filter(ImageFilter.GaussianBlur(radius=level)).save(buf, format="PNG")
-        return buf.getvalue(), "png"
-    if kind == "jpeg":
-        image.save(buf, format="JPEG", quality=int(level))
-        return buf.getvalue(), "jpg"
-    raise ValueError(f"unknown perturbation {kind!r}; known: {', '.join(GRID)}")
+    def __init__(
+        self,
+        *args: Any,
+        kinds: tuple[str, ...] = tuple(GRID),
+        split: str = "test",
+        seed: int = 0,
+        out: Path | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        unknown = sorted(set(kinds) - set(GRID))
+        if unknown:
+            raise UsageError(f"unknown perturbation(s) {', '.join(unknown)}; known: {', '.join(GRID)}")
+        self.kinds, self.split, self.seed = kinds, split, seed
+        self.out = out or self.store.root / "derived"
+        self.sources: list[Source] = []
 
+    def label(self) -> str:
+        return str(self.out)
 
-def derive(
-    config: PipelineConfig,
-    store: Store,
-    kinds: tuple[str, ...] = tuple(GRID),
-    split: str = "test",
-    seed: int = 0,
-    out: Path | None = None,
-) -> list[Any]:
-    """Write the derived images of every ok, labelled, original image of `split`; return their ingest sources."""
-    from stages.ingest import Source
-
-    unknown = sorted(set(kinds) - set(GRID))
-    if unknown:
-        raise ValueError(f"unknown perturbation(s) {', '.join(unknown)}; known: {', '.join(GRID)}")
-    out = out or store.root / "derived"
-    manifest = (
-        pl.from_arrow(store.manifest.read())
-        .filter((pl.col("status") == "ok") & (pl.col("split") == split) & pl.col("perturbation").is_null())
-        .filter(pl.col("label").is_not_null())  # the grid is for scoring: unlabelled images have nothing to score
-        .sort("image_id")
-    )
-    max_pixels = config.stage("ingest").max_image_pixels
-    sources = []
-    for row in manifest.iter_rows(named=True):
-        image = None
-        for kind in kinds:
-            for level in GRID[kind]:
-                name = label(kind, level)
-                folder = out / name.replace(":", "-")
-                existing = list(folder.glob(f"{row['image_id']}.*")) if folder.is_dir() else []
-                if existing:
-                    path = existing[0]
-                else:
-                    image = image or load_rgb(row["path"], max_pixels)
-                    data, ext = apply(image, kind, level, seed, row["image_id"])
-                    folder.mkdir(parents=True, exist_ok=True)
-                    path = folder / f"{row['image_id']}.{ext}"
-                    tmp = folder / f".{path.name}.tmp"
-                    tmp.write_bytes(data)
-                    os.replace(tmp, path)
-                sources.append(
-                    Source(
-                        str(path),
-                        row["label"],
-                        row["generator"],
-                        row["dataset"],
-                        row["split"],
-                        source_id=row["image_id"],
-                        perturbation=name,
+    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+        manifest = (
+            pl.from_arrow(self.store.manifest.read())
+            .filter((pl.col("status") == "ok") & (pl.col("split") == self.split) & pl.col("perturbation").is_null())
+            .filter(pl.col("label").is_not_null())  # the grid is for scoring: unlabelled images have nothing to score
+            .sort("image_id")
+        )
+        max_pixels = self.pipeline.stage("ingest").max_image_pixels
+        for row in manifest.iter_rows(named=True):
+            image = None
+            for kind in self.kinds:
+                for level in GRID[kind]:
+                    name = label(kind, level)
+                    folder = self.out / name.replace(":", "-")
+                    existing = list(folder.glob(f"{row['image_id']}.*")) if folder.is_dir() else []
+                    if existing:
+                        path = existing[0]
+                    else:
+                        image = image or load_rgb(row["path"], max_pixels)
+                        path = self._write(
+                            folder, row["image_id"], *apply(image, kind, level, self.seed, row["image_id"])
+                        )
+                        stats.ok += 1
+                    self.sources.append(
+                        Source(
+                            str(path),
+                            row["label"],
+                            row["generator"],
+                            row["dataset"],
+                            row["split"],
+                            source_id=row["image_id"],
+                            perturbation=name,
+                        )
                     )
-                )
-    return sources
+            if progress is not None:
+                progress(1)
+        stats.todo = len(self.sources)
+
+    @staticmethod
+    def _write(folder: Path, image_id: str, data: bytes, ext: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{image_id}.{ext}"
+        tmp = folder / f".{path.name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return path

@@ -15,10 +15,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.config import resolve  # noqa: E402
-from pipeline.demo import make_images  # noqa: E402
-from pipeline.runner import run_stage  # noqa: E402
-from pipeline.store import Store  # noqa: E402
+from pipeline.app.demo import make_images  # noqa: E402
+from pipeline.app.runner import run_stage  # noqa: E402
+from pipeline.engine.config import resolve  # noqa: E402
+from pipeline.engine.store import Store  # noqa: E402
 
 ODD = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo import make_images
+from pipeline.app.demo import make_images
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "caption", "ground", "embed", "distance", "fit", "evaluate", "report"]

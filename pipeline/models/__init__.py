@@ -1,8 +1,9 @@
 """Model backends behind registries: captioners, grounders and the CLIP encoder.
 
-Each backend loads lazily from a hub id, a local directory, or (names starting with `tiny/`) a
-small configuration with seeded random weights, built offline. torch and transformers are imported
-inside these modules only.
+Each backend loads lazily from a hub id, a local directory, or (names starting with `tiny/`) the
+small configuration of `tiny.py` with seeded random weights, built offline. Every backend follows
+one small Protocol: built from its stage config and a device, `load()` once, then the model call.
+torch and transformers are imported inside the model code paths only.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from pipeline.registry import Registry
+from pipeline.engine.registry import Registry
 
 # Model loads in this process, by backend: a dask worker must show one per model however many chunks it ran.
 LOAD_COUNTS: Counter[str] = Counter()
@@ -23,8 +24,38 @@ def load_counts() -> dict[str, int]:
     return dict(LOAD_COUNTS)
 
 
-CAPTIONERS: Registry[type] = Registry("captioner")
-GROUNDERS: Registry[type] = Registry("grounder")
+class Backend(Protocol):
+    """A model behind a stage: constructed as `cls(stage_config, device)`, loaded once, lazily."""
+
+    def load(self) -> None:
+        """Load the model now (the stage calls this before its first chunk; a failure stops the run)."""
+
+
+class Captioner(Backend, Protocol):
+    reads: ClassVar[str]  # "image": caption() takes RGB images; "caption": it takes the manifest's captions
+
+    def caption(self, inputs: list) -> list[str | None]:
+        """One caption per input (None: no caption for it, an error row)."""
+
+
+class Grounder(Backend, Protocol):
+    def ground(self, images: list, captions: list[str]) -> list[list[dict[str, Any]]]:
+        """Per image, the objects its caption names: {"phrase", "box" (pixels x0 y0 x1 y1), "score"}."""
+
+
+class Encoder(Backend, Protocol):
+    def image_transform(self, image: Any) -> Any: ...
+
+    def crop_transform(self, image: Any) -> Any: ...
+
+    def encode_images(self, batch: Any) -> Any: ...
+
+    def encode_texts(self, texts: list[str]) -> Any: ...
+
+
+CAPTIONERS: Registry[type[Captioner]] = Registry("captioner")
+GROUNDERS: Registry[type[Grounder]] = Registry("grounder")
+ENCODERS: Registry[type[Encoder]] = Registry("encoder")
 
 
 _BACKENDS: dict[tuple[Any, ...], Any] = {}
@@ -54,3 +85,7 @@ def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# The backends register themselves on import (after the registries above exist).
+from pipeline.models import captioners, clip, grounders, groundingdino_py  # noqa: E402, F401

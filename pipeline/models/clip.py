@@ -2,47 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from pipeline.config import TINY_PREFIX, EmbedConfig
-from pipeline.models import LOAD_COUNTS, resolve_device, torch_dtype
+from pipeline.engine.config import TINY_PREFIX, EmbedConfig
+from pipeline.engine.errors import UsageError
+from pipeline.models import ENCODERS, LOAD_COUNTS, resolve_device, torch_dtype
+from pipeline.models.tiny import CLIP_CONFIG, build_tiny
 
 log = logging.getLogger(__name__)
-
-TINY_CLIP_NAME = "item-tiny-clip"
 
 
 def embed_dim(cfg: EmbedConfig) -> int:
     """Width of the joint embedding space, read from the model config without building it."""
-    from pipeline.models.tiny import CLIP_CONFIG
-
     if cfg.model.startswith(TINY_PREFIX):
         return int(CLIP_CONFIG["embed_dim"])
     import open_clip
 
     model_cfg = open_clip.get_model_config(cfg.model)
     if model_cfg is None:
-        raise ValueError(f"open_clip has no model config {cfg.model!r}")
+        raise UsageError(f"open_clip has no model config {cfg.model!r}")
     return int(model_cfg["embed_dim"])
-
-
-def _register_tiny() -> str:
-    import open_clip
-    from open_clip.factory import _MODEL_CONFIGS
-
-    from pipeline.models.tiny import CLIP_CONFIG
-
-    if TINY_CLIP_NAME not in _MODEL_CONFIGS:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / f"{TINY_CLIP_NAME}.json"
-            path.write_text(json.dumps(CLIP_CONFIG))
-            open_clip.add_model_config(path)
-    return TINY_CLIP_NAME
 
 
 def square_resize(image, size: int):
@@ -59,6 +40,7 @@ def square_resize(image, size: int):
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 
+@ENCODERS.register("open_clip")
 class ClipEncoder:
     """open_clip model, tokenizer and the two image transforms the embed stage uses.
 
@@ -75,13 +57,11 @@ class ClipEncoder:
     @cached_property
     def _loaded(self) -> tuple[Any, Any, Any]:
         import open_clip
-        import torch
 
         name = self.cfg.model
         pretrained = None if self.cfg.pretrained == "none" else self.cfg.pretrained
         if name.startswith(TINY_PREFIX):
-            name = _register_tiny()
-            torch.manual_seed(self.cfg.seed)
+            name = build_tiny("clip", self.cfg.seed)
         else:
             log.info("loading open_clip %s (%s)", name, pretrained)
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import TINY_PREFIX, GroundConfig
+from pipeline.engine.config import TINY_PREFIX, GroundConfig
 from pipeline.models import GROUNDERS, LOAD_COUNTS, resolve_device, torch_dtype
+from pipeline.models.tiny import build_tiny
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class TransformersGroundingDino:
 
         dtype = torch_dtype(self.cfg.dtype)
         if self.cfg.model.startswith(TINY_PREFIX):
-            model, processor = tiny_grounding_dino(self.cfg.seed)
+            model, processor = build_tiny("grounding-dino", self.cfg.seed)
         else:
             log.info("loading Grounding DINO %s (revision %s)", self.cfg.model, self.cfg.revision or "default")
             processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
@@ -136,63 +137,3 @@ class TransformersGroundingDino:
             ]
             out.append(finish(objects, w, h, self.cfg.max_objects))
         return out
-
-
-def tiny_grounding_dino(seed: int):
-    """A small Grounding DINO (Swin + BERT, random seeded weights) and its processor, built offline."""
-    import torch
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    from pipeline.models.tiny import bert_vocab
-
-    # transformers 5 ignores `vocab_file=` here; `vocab=` (a dict) is honoured.
-    tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
-    backbone = SwinConfig(
-        image_size=224,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 2, 2],
-        window_size=7,
-        mlp_ratio=2.0,
-        out_indices=[2, 3, 4],
-    )
-    text = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    config = GroundingDinoConfig(
-        backbone_config=backbone,
-        text_config=text,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_n_points=2,
-        decoder_n_points=2,
-        num_feature_levels=4,
-        num_queries=50,
-        max_text_len=256,
-        dropout=0.0,
-        fusion_droppath=0.0,
-    )
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
-    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer)
-    return model, processor

@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import GroundConfig
+from pipeline.engine.config import GroundConfig
 from pipeline.models import GROUNDERS, LOAD_COUNTS, resolve_device
 from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
 

@@ -7,6 +7,18 @@ their captions and boxes are not meaningful.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.engine.registry import Registry
+
+# Builders of the tiny models by backend name: seed -> (model, processor) for transformers backends,
+# seed -> open_clip model name for CLIP. The backends ask here for names starting with `tiny/`.
+TINY: Registry[Callable[[int], Any]] = Registry("tiny model")
+
 # A small English vocabulary: the tiny tokenizers must see words, not only unknown tokens.
 WORDS = (
     "a an the of on in at with and to is are two three man woman people person child dog cat bird horse "
@@ -88,3 +100,243 @@ CLIP_CONFIG = {
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+
+
+@TINY.register("blip2")
+def tiny_blip2(seed: int):
+    """A small BLIP-2 (ViT + Q-Former + OPT) with seeded random weights and its processor, offline."""
+    import torch
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    tokenizer = byte_level_bpe()
+    n_query = 4
+    vision = Blip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        encoder_hidden_size=32,
+        vocab_size=len(tokenizer),
+    )
+    # A wide initialisation makes random captions depend on the image instead of one repeated token.
+    text = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        word_embed_proj_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        init_std=1.0,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=n_query,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        initializer_range=1.0,
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    image_processor = BlipImageProcessor(
+        size={"height": 64, "width": 64},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=n_query)
+    return model, processor
+
+
+@TINY.register("blip")
+def tiny_blip(seed: int):
+    """A small BLIP (ViT + BERT decoder, random seeded weights) and its processor, offline."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *dict.fromkeys(WORDS)]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    text = BlipTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        encoder_hidden_size=32,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = BlipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    )
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())).eval()
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
+    return model, processor
+
+
+@TINY.register("llava")
+def tiny_llava(seed: int):
+    """A small LLaVA (CLIP vision tower + Llama, random seeded weights) and its processor, offline."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = byte_level_bpe()
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=1.0,
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=16,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    return model, processor
+
+
+@TINY.register("grounding-dino")
+def tiny_grounding_dino(seed: int):
+    """A small Grounding DINO (Swin + BERT, random seeded weights) and its processor, built offline."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    # transformers 5 ignores `vocab_file=` here; `vocab=` (a dict) is honoured.
+    tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
+    backbone = SwinConfig(
+        image_size=224,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=7,
+        mlp_ratio=2.0,
+        out_indices=[2, 3, 4],
+    )
+    text = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        num_feature_levels=4,
+        num_queries=50,
+        max_text_len=256,
+        dropout=0.0,
+        fusion_droppath=0.0,
+    )
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer)
+    return model, processor
+
+
+TINY_CLIP_NAME = "item-tiny-clip"
+
+
+@TINY.register("clip")
+def tiny_clip(seed: int) -> str:
+    """Register the tiny CLIP's config with open_clip and seed its random init; returns its model name."""
+    import open_clip
+    import torch
+    from open_clip.factory import _MODEL_CONFIGS
+
+    if TINY_CLIP_NAME not in _MODEL_CONFIGS:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"{TINY_CLIP_NAME}.json"
+            path.write_text(json.dumps(CLIP_CONFIG))
+            open_clip.add_model_config(path)
+    torch.manual_seed(seed)
+    return TINY_CLIP_NAME
+
+
+def build_tiny(backend: str, seed: int) -> Any:
+    """The tiny model of a backend (a `tiny/...` model name in a profile), built offline."""
+    return TINY.get(backend)(seed)

@@ -8,8 +8,8 @@ import shutil
 import polars as pl
 import pytest
 
-from pipeline.api import predict, write_rows
-from pipeline.store import Store
+from pipeline.app.api import predict, write_rows
+from pipeline.engine.store import Store
 
 
 @pytest.fixture

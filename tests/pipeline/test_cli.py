@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def item(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pipeline.app.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -45,7 +45,7 @@ def test_help_explains_every_command(tmp_path):
 
 
 def test_stage_commands_end_to_end_then_nothing_to_redo(tmp_path):
-    from pipeline.demo import make_images
+    from pipeline.app.demo import make_images
 
     images = make_images(tmp_path / "images", n_per_class=4)
     data = tmp_path / "data"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import PROFILES, CaptionConfig, ConfigError, from_dict, load_params, resolve
-from pipeline.runner import make_stage
-from pipeline.store import Store
+from pipeline.app.runner import make_stage
+from pipeline.engine.config import PROFILES, CaptionConfig, ConfigError, from_dict, load_params, resolve
+from pipeline.engine.store import Store
 
 
 def test_unknown_key_is_an_error_naming_it():

@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.executors import DaskExecutor
-from pipeline.runner import make_stage, run_stage
-from pipeline.store import Store
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.engine.executors import DaskExecutor
+from pipeline.engine.store import Store
 from tests.conftest import tiny
 
 STAGES = ("caption", "ground", "embed", "distance")

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.config import resolve
-from pipeline.heads import HEADS, FittedHead, best_threshold, fit_temperature, sigmoid
-from pipeline.runner import make_stage, run_stage
-from pipeline.store import Store
-from pipeline.synthetic import synthetic_rows, write_synthetic
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.app.synthetic import synthetic_rows, write_synthetic
+from pipeline.engine.config import resolve
+from pipeline.engine.store import Store
+from pipeline.method.heads import HEADS, FittedHead, best_threshold, fit_temperature, sigmoid
 
 FAST = {"mlp": {"hidden_dim": 64, "epochs": 10}, "lightgbm": {"lgbm_n_estimators": 60}, "logreg": {}}
 

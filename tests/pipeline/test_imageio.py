@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imageio import ImageDecodeError, decode
+from pipeline.engine.imageio import ImageDecodeError, decode
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.runner import make_stage, run_stage
-from pipeline.store import LockedError, Store
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.engine.store import LockedError, Store
 from tests.conftest import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def start(store: Store, stage: str, write_delay: float) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "pipeline.app.cli",
         stage,
         "--data-dir",
         str(store.root),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
 
-from pipeline.metrics import detection_metrics, table
+from pipeline.method.metrics import detection_metrics, table
 
 
 def test_hand_checked_tiny_case():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import build
-from pipeline.store import Store
-from stages.baselines import compare
+from pipeline.app.report import build
+from pipeline.app.runner import compare
+from pipeline.engine.store import Store
 from tests.conftest import tiny
 
 FLAGS = [

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas
-from pipeline.store import PartDir, Store, StoreError
+from pipeline.engine import schemas
+from pipeline.engine.store import PartDir, Store, StoreError
 
 
 def distance_rows(ids, dim=8):

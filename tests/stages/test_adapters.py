@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from pipeline.runner import run_stage
-from pipeline.store import Store
+from pipeline.app.runner import run_stage
+from pipeline.engine.store import Store
 from tests.conftest import tiny
 
 

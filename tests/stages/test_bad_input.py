@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import resolve
-from pipeline.runner import make_stage, run_stage, status
-from pipeline.store import Store, StoreError, check_parts
+from pipeline.app.runner import make_stage, run_stage, status
+from pipeline.engine.config import resolve
+from pipeline.engine.store import Store, StoreError, check_parts
 from tests.conftest import tiny
 
 MODEL_STAGES = ("caption", "ground", "embed", "distance")
@@ -154,7 +154,9 @@ def test_ingest_from_a_script_on_stdin_decodes_in_process(tmp_path):
     for i in range(3):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "in" / f"{i}.png")
     script = (
-        "from pipeline.config import resolve\nfrom pipeline.runner import run_stage\nfrom pipeline.store import Store\n"
+        "from pipeline.engine.config import resolve\n"
+        "from pipeline.app.runner import run_stage\n"
+        "from pipeline.engine.store import Store\n"
         f"s = run_stage('ingest', resolve('tiny'), Store({str(tmp_path / 'd')!r}), inputs=[{str(tmp_path / 'in')!r}])\n"
         "print('RESULT', s.ok, s.error)\n"
     )

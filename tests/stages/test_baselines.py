@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import schemas
-from pipeline.config import resolve
-from pipeline.keys import image_id_of_bytes
+from pipeline.app.runner import compare, make_stage, run_stage
+from pipeline.engine import schemas
+from pipeline.engine.config import resolve
+from pipeline.engine.keys import image_id_of_bytes
+from pipeline.engine.store import Store
 from pipeline.models import load_counts
-from pipeline.runner import make_stage, run_stage
-from pipeline.store import Store
-from stages.baselines import compare, leakage_warning
+from stages.baselines import leakage_warning
 
 ROOT = Path(__file__).resolve().parents[2]
 N, DIM = 600, 768
@@ -126,7 +126,7 @@ def test_format_probe_flags_a_dataset_that_leaks_labels_through_compression(tmp_
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "pipeline.app.cli",
             "evaluate",
             "--heads",
             "item,unifd,cosine,format",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 from PIL import Image
 
-from pipeline.config import resolve
-from pipeline.runner import make_stage, run_stage
-from pipeline.store import Store
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.engine.config import resolve
+from pipeline.engine.store import Store
 from tests.conftest import tiny
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.runner import make_stage
-from stages.distance import misalignment
+from pipeline.app.runner import make_stage
+from pipeline.method.misalignment import misalignment
 from tests.conftest import tiny
 
 

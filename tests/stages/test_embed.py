@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from pipeline.runner import make_stage
+from pipeline.app.runner import make_stage
 from stages.embed import crop_box
 from tests.conftest import tiny
 

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.heads import FittedHead, MlpHead, build_mlp, feature_matrix
-from pipeline.runner import make_stage, run_stage
-from stages.evaluate import generator_groups
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.method.evaluation import generator_groups
+from pipeline.method.heads import FittedHead, MlpHead, build_mlp, feature_matrix
 from tests.conftest import tiny
 
 

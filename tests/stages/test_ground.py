@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.runner import make_stage
+from pipeline.app.runner import make_stage
 from tests.conftest import tiny
 
 

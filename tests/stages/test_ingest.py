@@ -8,10 +8,10 @@ import shutil
 import polars as pl
 from PIL import Image
 
-from pipeline.keys import image_id_of_bytes
-from pipeline.runner import run_stage
-from pipeline.store import Store
-from stages.ingest import derived_split
+from pipeline.app.runner import run_stage
+from pipeline.engine.keys import image_id_of_bytes
+from pipeline.engine.sources import derived_split
+from pipeline.engine.store import Store
 from tests.conftest import tiny
 
 

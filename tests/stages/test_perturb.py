@@ -10,16 +10,16 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from pipeline.imageio import decode
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.engine.imageio import decode
+from pipeline.method.perturbations import GRID, apply
 from pipeline.models import load_counts
-from pipeline.runner import make_stage, run_stage
-from stages.perturb import GRID, apply, derive
 from tests.conftest import tiny
 
 
 @pytest.fixture
 def photo():
-    from pipeline.demo import scene
+    from pipeline.app.demo import scene
 
     return Image.fromarray((scene(np.random.default_rng(5)) * 255).round().astype(np.uint8))
 
@@ -62,7 +62,7 @@ def test_jpeg_files_report_the_asked_quality(photo):
 
 
 def test_derived_images_get_their_own_ids_flow_through_the_stages_and_reuse_the_cache(tmp_path, image_root):
-    from pipeline.store import Store
+    from pipeline.engine.store import Store
 
     store = Store(tmp_path)
     config = tiny()
@@ -90,10 +90,10 @@ def test_derived_images_get_their_own_ids_flow_through_the_stages_and_reuse_the_
 def test_ablations_and_robustness_run_from_the_cache_without_a_model_stage(full_run, tmp_path):
     import shutil
 
-    from pipeline.config import resolve
-    from pipeline.heads import FittedHead
-    from pipeline.report import robustness
-    from pipeline.store import Store
+    from pipeline.app.report import robustness
+    from pipeline.engine.config import resolve
+    from pipeline.engine.store import Store
+    from pipeline.method.heads import FittedHead
 
     shutil.copytree(full_run.root, tmp_path / "data")
     store = Store(tmp_path / "data")
@@ -108,3 +108,10 @@ def test_ablations_and_robustness_run_from_the_cache_without_a_model_stage(full_
     assert set(subset.vectors("train")["generator"].to_list()) == {"toygan"}
     assert load_counts() == before  # no model stage ran
     assert robustness(tiny(), store, head) is None  # no derived images yet
+
+
+def derive(config, store, kinds, split):
+    """The perturb job's derived sources (what `item perturb` ingests)."""
+    job = make_stage("perturb", config, store, kinds=kinds, split=split)
+    job.run()
+    return job.sources

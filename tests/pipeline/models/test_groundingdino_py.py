@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import resolve
+from pipeline.engine.config import resolve
 from pipeline.models.groundingdino_py import GroundingDinoPy, apply_compat_shim, default_config_file
 
 pytest.importorskip("groundingdino")

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import CaptionConfig, EmbedConfig, GroundConfig, resolve
+from pipeline.engine.config import CaptionConfig, EmbedConfig, GroundConfig, resolve
 from pipeline.models import CAPTIONERS, GROUNDERS
-from pipeline.models.captioners import Blip2Captioner, tiny_blip2
-from pipeline.models.clip import ClipEncoder, _register_tiny
-from pipeline.models.grounders import TransformersGroundingDino, tiny_grounding_dino
+from pipeline.models.captioners import Blip2Captioner
+from pipeline.models.clip import ClipEncoder
+from pipeline.models.grounders import TransformersGroundingDino
+from pipeline.models.tiny import tiny_blip2, tiny_clip, tiny_grounding_dino
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_clip_weights_from_a_safetensors_file(tmp_path, images):
     tiny_cfg = resolve("tiny").stage("embed")
     encoder = ClipEncoder(tiny_cfg, "cpu")
     save_file(encoder._loaded[0].state_dict(), str(tmp_path / "clip.safetensors"))
-    named = EmbedConfig(model=_register_tiny(), pretrained=str(tmp_path / "clip.safetensors"), dtype="float32")
+    named = EmbedConfig(model=tiny_clip(0), pretrained=str(tmp_path / "clip.safetensors"), dtype="float32")
     loaded = ClipEncoder(named, "cpu")
     import torch
 

@@ -352,13 +352,13 @@ class Store:
 
     @property
     def manifest(self) -> PartDir:
-        from pipeline import schemas
+        from pipeline.engine import schemas
 
         return PartDir(self.root / "manifest", schemas.MANIFEST)
 
     @property
     def sources(self) -> PartDir:
-        from pipeline import schemas
+        from pipeline.engine import schemas
 
         return PartDir(self.root / "sources", schemas.SOURCES, key="path")
 

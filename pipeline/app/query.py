@@ -1,6 +1,6 @@
 """Polars helpers: a stage's features joined to the manifest, as a LazyFrame.
 
-from pipeline.query import scan
+from pipeline.app.query import scan
 d = scan("distance")                           # every configuration on disk
 d = scan("distance", fingerprint="current")    # the one params.yaml selects
 d.group_by("generator").agg(pl.col("cos_global").mean()).collect()
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.store import PART_GLOB
+from pipeline.engine.store import PART_GLOB
 
 MANIFEST_COLUMNS = ("path", "label", "generator", "dataset", "split", "width", "height", "format")
 
 
 def current_fingerprint(stage: str, profile: str | None = None, params: str | Path = "params.yaml") -> str:
     """The fingerprint the given profile/params.yaml select for `stage`."""
-    from pipeline.config import load_params, resolve
-    from pipeline.runner import make_stage
-    from pipeline.store import Store
+    from pipeline.app.runner import make_stage
+    from pipeline.engine.config import load_params, resolve
+    from pipeline.engine.store import Store
 
     return make_stage(stage, resolve(profile, load_params(params)), Store(".")).fingerprint
 

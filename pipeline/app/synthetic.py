@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.keys import image_id_of_bytes
-from pipeline.store import Store
+from pipeline.engine import schemas
+from pipeline.engine.keys import image_id_of_bytes
+from pipeline.engine.store import Store
 
 
 def synthetic_rows(

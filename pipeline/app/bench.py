@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schemas
-from pipeline.config import PipelineConfig, resolve
-from pipeline.keys import image_id_of_bytes
-from pipeline.store import Store
+from pipeline.engine import schemas
+from pipeline.engine.config import PipelineConfig, resolve
+from pipeline.engine.keys import image_id_of_bytes
+from pipeline.engine.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def verdict(ok: bool | None) -> str:
 
 def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: int = 1, chunk: int = 5000) -> None:
     """Manifest, caption, ground and embed rows for `n` images written straight into the store."""
-    from pipeline.runner import make_stage
+    from pipeline.app.runner import make_stage
 
     fps = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground", "embed")}
     dim = make_stage("embed", config, store).schema.field("image_embed").type.list_size
@@ -123,7 +123,7 @@ def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: 
 
 def distance_child(root: str) -> None:
     """Run the distance stage (tiny profile) in this fresh process and print its peak RSS."""
-    from pipeline.runner import run_stage
+    from pipeline.app.runner import run_stage
 
     stats = run_stage("distance", resolve("tiny", {}, {"chunk_size": 1024}), Store(root))
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
@@ -134,7 +134,7 @@ def distance_child(root: str) -> None:
 
 def run_distance_child(root: Path) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.bench", "distance-child", str(root)],
+        [sys.executable, "-m", "pipeline.app.bench", "distance-child", str(root)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -152,8 +152,8 @@ def bench_embed_efficiency(n_images: int = 200, model: str = "ViT-B-16", batch_s
     import torch
     from PIL import Image
 
-    from pipeline.demo import scene
-    from pipeline.runner import make_stage, run_stage
+    from pipeline.app.demo import scene
+    from pipeline.app.runner import make_stage, run_stage
 
     config = resolve(
         "tiny",
@@ -208,8 +208,8 @@ def bench_fit(
     n: int = 80_000, heads: tuple[str, ...] = ("mlp", "lightgbm"), seconds_per_image: float | None = None
 ) -> list[dict[str, Any]]:
     """Fit each head on `n` cached 768-d rows; compare with recomputing features every epoch."""
-    from pipeline.runner import make_stage, run_stage
-    from pipeline.synthetic import write_synthetic
+    from pipeline.app.runner import make_stage, run_stage
+    from pipeline.app.synthetic import write_synthetic
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,7 +253,7 @@ def bench_cached(n_large: int = 100_000, n_small: int = 10_000) -> list[dict[str
             )
         )
         root = Path(tmp) / f"n{n_large}"
-        cli = [sys.executable, "-m", "pipeline.cli"]
+        cli = [sys.executable, "-m", "pipeline.app.cli"]
         common = ["--data-dir", str(root), "--profile", "tiny", "--params", str(Path(tmp) / "params.yaml")]
         (Path(tmp) / "params.yaml").write_text("fit: {head: logreg}\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -346,7 +346,7 @@ def append_markdown(figures: list[dict[str, Any]], path: Path = ROOT / "BENCHMAR
     lines = [
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit()}\n",
         f"Machine: {machine()}\n",
-        "Command: `make bench` (`python -m pipeline.cli bench`)\n",
+        "Command: `make bench` (`python -m pipeline.app.cli bench`)\n",
         "| figure | value | target | met | details |",
         "|---|---:|---|---|---|",
     ]

@@ -1,4 +1,4 @@
-"""The stage base: resume by keys, chunking, error rows, batching with isolation, atomic writes.
+"""Per-image feature stages: resume by keys, chunking, error rows, batching with isolation, atomic writes.
 
 A concrete stage declares its name, its inputs (the first one drives: its rows are the work), its
 config class and how to turn a batch of input rows into output rows. Everything else is here.
@@ -8,54 +8,33 @@ from __future__ import annotations
 
 import logging
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import PipelineConfig, as_dict
-from pipeline.executors import Executor, InProcessExecutor
-from pipeline.keys import short_hash
-from pipeline.schemas import STATUS_ERROR, STATUS_OK
-from pipeline.store import PartDir, Store, part_name
+from pipeline.engine.executors import Executor, InProcessExecutor
+from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
+from pipeline.engine.stage import (
+    MANIFEST,
+    MANIFEST_STAGE,
+    RunStats,
+    Stage,
+    error_reason_kind,
+    is_stage_name,
+    part_summary,
+)
+from pipeline.engine.store import PartDir, Store, part_name
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest"
 
 
 class SystemicError(RuntimeError):
     """Every row of a batch failed the same way: a model or code problem, not bad input. Stops the run."""
-
-
-@dataclass
-class RunStats:
-    """What one run of a stage did."""
-
-    stage: str
-    fingerprint: str
-    todo: int = 0
-    ok: int = 0
-    error: int = 0
-    parts: int = 0
-    seconds: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: ChunkResult) -> None:
-        self.ok += other.ok
-        self.error += other.error
-        self.parts += 1 if other.written else 0
-        for reason, n in other.errors.items():
-            self.errors[reason] = self.errors.get(reason, 0) + n
-
-    @property
-    def computed(self) -> int:
-        return self.ok + self.error
 
 
 @dataclass
@@ -64,65 +43,6 @@ class ChunkResult:
     error: int = 0
     written: bool = False
     errors: dict[str, int] = field(default_factory=dict)
-
-
-STAGE_NAMES = ("ingest", "caption", "ground", "embed", "distance")
-
-
-def error_reason_kind(error: str | None) -> str:
-    """The group an error is counted in: its leading kind, with the stage it came from if upstream.
-
-    "corrupt or truncated image: OSError: ..." -> "corrupt or truncated image";
-    "ingest: not an image: Pillow ..." -> "ingest: not an image".
-    """
-    if not error:
-        return "unknown"
-    head, _, rest = error.partition(":")
-    if head in STAGE_NAMES and rest:
-        return f"{head}: {rest.strip().split(':', 1)[0].strip()}"
-    return head.strip()
-
-
-class Stage(ABC):
-    """A pipeline step with a fingerprinted output directory.
-
-    Args:
-        config: the resolved pipeline configuration.
-        store: where inputs are read and outputs written.
-    """
-
-    name: ClassVar[str]
-    inputs: ClassVar[tuple[str, ...]] = ()
-    version: ClassVar[int] = 1  # bump when the computation changes: a new fingerprint
-
-    def __init__(self, config: PipelineConfig, store: Store) -> None:
-        self.pipeline = config
-        self.cfg = config.stage(self.name)
-        self.runtime = config.runtime
-        self.store = store
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return short_hash(_json(self.identity()))
-
-    def identity(self) -> dict[str, Any]:
-        """Everything that determines this stage's results (hashed into the fingerprint)."""
-        from stages import get_stage_class
-
-        upstream = {
-            name: get_stage_class(name)(self.pipeline, self.store).fingerprint
-            for name in self.inputs
-            if name != MANIFEST
-        }
-        return {"stage": self.name, "version": self.version, "config": as_dict(self.cfg), "inputs": upstream}
-
-    @abstractmethod
-    def run(
-        self,
-        ids: Iterable[str] | None = None,
-        executor: Executor | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> RunStats: ...
 
 
 class FeatureStage(Stage):
@@ -157,17 +77,12 @@ class FeatureStage(Stage):
         """
         return None
 
+    def summary(self) -> dict[str, Any]:
+        return part_summary(self.name, self.fingerprint, self.store.features(self.name, self.fingerprint))
+
     @property
     def output(self) -> PartDir:
         return self.store.features(self.name, self.fingerprint, self.schema)
-
-    def input_dir(self, name: str) -> PartDir:
-        if name == MANIFEST:
-            return self.store.manifest
-        from stages import get_stage_class
-
-        upstream = get_stage_class(name)(self.pipeline, self.store)
-        return self.store.features(name, upstream.fingerprint, None)
 
     def todo(self, ids: Iterable[str] | None = None, retry_errors: bool = False) -> list[str]:
         """Driver ids without a row in the output, in driver order (optionally only `ids`).
@@ -319,9 +234,9 @@ class FeatureStage(Stage):
         for key, value in row.items():
             if key.endswith(".status") and value != STATUS_OK:
                 stage = key[: -len(".status")]
-                origin = "ingest" if stage == MANIFEST else stage
+                origin = MANIFEST_STAGE if stage == MANIFEST else stage
                 reason = row.get(f"{stage}.error") or "unknown error"
-                return reason if reason.split(":", 1)[0] in STAGE_NAMES else f"{origin}: {reason}"
+                return reason if is_stage_name(reason.split(":", 1)[0]) else f"{origin}: {reason}"
         return None
 
     def _process_isolated(self, batch: pa.Table, prepared: list[Any] | None = None) -> pa.Table:
@@ -370,26 +285,26 @@ _STAGE_CACHE: dict[tuple[str, str, str], FeatureStage] = {}
 
 
 class ChunkTask:
-    """The picklable work function an executor ships: configuration and data root, never a model."""
+    """The picklable work function an executor ships: the stage's class, configuration and data root,
+    never a model. The class pickles by reference, so a worker imports its module (and the `stages`
+    package registers every stage) on its own."""
 
     def __init__(self, stage: FeatureStage) -> None:
-        self.name = stage.name
+        self.cls = type(stage)
         self.config = stage.pipeline
         self.root = str(stage.store.root)
         self.key = (stage.name, stage.fingerprint, self.root)
         _STAGE_CACHE.setdefault(self.key, stage)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config, "root": self.root, "key": self.key}
+        return {"cls": self.cls, "config": self.config, "root": self.root, "key": self.key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def stage(self) -> FeatureStage:
         if self.key not in _STAGE_CACHE:
-            from stages import get_stage_class
-
-            _STAGE_CACHE[self.key] = get_stage_class(self.name)(self.config, Store(self.root))
+            _STAGE_CACHE[self.key] = self.cls(self.config, Store(self.root))
         return _STAGE_CACHE[self.key]
 
     def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
@@ -406,9 +321,3 @@ def _free_gpu_memory(error: Exception) -> None:
 
 def _prefix_status(table: pa.Table, name: str) -> pa.Table:
     return table.rename_columns([f"{name}.{c}" if c in ("status", "error") else c for c in table.column_names])
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,3 +224,18 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except OSError as e:
         raise ImageDecodeError(f"cannot read file: {type(e).__name__}: {e.strerror or e}") from None
     return decode(data, max_pixels)[0]
+
+
+def _load_or_error(path: str, max_pixels: int) -> Image.Image | ImageDecodeError:
+    try:
+        return load_rgb(path, max_pixels)
+    except ImageDecodeError as e:
+        return e
+
+
+def load_images(paths: list[str], max_pixels: int, threads: int) -> list[Image.Image | ImageDecodeError]:
+    """RGB images for `paths` in order, decoded in threads; a file that fails gives its error in its place."""
+    if threads <= 1 or len(paths) <= 1:
+        return [_load_or_error(p, max_pixels) for p in paths]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(_load_or_error, paths, [max_pixels] * len(paths)))

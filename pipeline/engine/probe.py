@@ -15,9 +15,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from pipeline.imageio import ImageDecodeError, decode
-from pipeline.keys import image_id_of_bytes
-from pipeline.schemas import STATUS_ERROR, STATUS_OK
+from pipeline.engine.imageio import ImageDecodeError, decode
+from pipeline.engine.keys import image_id_of_bytes
+from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
 

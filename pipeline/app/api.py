@@ -1,6 +1,6 @@
 """Python API for notebooks: score images with a fitted head, computing only what the cache lacks.
 
-from pipeline.api import predict
+from pipeline.app.api import predict
 rows = predict(["photos/", "more/*.jpg"], data_dir="data")
 """
 
@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.config import PipelineConfig, resolve
-from pipeline.heads import FittedHead
-from pipeline.runner import make_stage
-from pipeline.store import Store
-from stages.distance import object_cosines
+from pipeline.app.runner import make_stage
+from pipeline.engine.config import PipelineConfig, resolve
+from pipeline.engine.errors import UsageError
+from pipeline.engine.stage import STAGES
+from pipeline.engine.store import Store
+from pipeline.method.heads import FittedHead
+from pipeline.method.misalignment import object_cosines
+from pipeline.method.rows import latest_model
 
 log = logging.getLogger(__name__)
-
-FEATURE_ORDER = ("caption", "ground", "embed", "distance")
 
 
 def head_pipeline(head: FittedHead, runtime: dict[str, Any] | None = None) -> PipelineConfig:
@@ -44,8 +45,6 @@ def predict(
     "real" at the calibrated threshold), caption, objects (phrase, box, score, cosine of crop and
     phrase), status and error. Files that cannot be scored get status "error" and the reason.
     """
-    from stages.evaluate import latest_model
-
     store = Store(data_dir)
     head = FittedHead(Path(model) if model else latest_model(store))
     config = head_pipeline(head, runtime)
@@ -54,9 +53,9 @@ def predict(
     sources = ingest.sources()
     ids = ingest.image_ids(sources)
     wanted = {i for i in ids if i is not None}
-    stages = {name: make_stage(name, config, store) for name in FEATURE_ORDER}
+    stages = {name: make_stage(name, config, store) for name in STAGES.feature_stages()}
     if stages["distance"].fingerprint != head.config["features"]["fingerprint"]:
-        raise ValueError(
+        raise UsageError(
             f"head {head.name} was trained on distance features {head.config['features']['fingerprint']} "
             f"but its saved configuration now gives {stages['distance'].fingerprint}"
         )
@@ -156,4 +155,4 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
     elif out.suffix.lower() == ".csv":
         pl.DataFrame([{**r, "objects": json.dumps(r["objects"])} for r in rows]).write_csv(out)
     else:
-        raise ValueError(f"--out must end in .csv or .json, got {out.name}")
+        raise UsageError(f"--out must end in .csv or .json, got {out.name}")

@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from pipeline.engine.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 DEVICE_ENV = "ITEM_DEVICE"  # set on each local dask worker: the GPU it is pinned to
@@ -122,4 +124,4 @@ def make_executor(
         return InProcessExecutor()
     if name in ("dask", "local"):
         return DaskExecutor(scheduler=scheduler, workers=workers)
-    raise ValueError(f"unknown executor {name!r} (local | dask)")
+    raise UsageError(f"unknown executor {name!r} (local | dask)")

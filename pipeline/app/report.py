@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,8 +17,8 @@ import numpy as np
 import polars as pl
 from PIL import ImageDraw
 
-from pipeline.config import PipelineConfig
-from pipeline.store import Store
+from pipeline.engine.config import PipelineConfig
+from pipeline.engine.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def metric_table(results: list[dict[str, Any]], metric: str) -> str:
 
 def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: int = 320) -> bytes:
     """The image with its grounded boxes drawn and numbered, as JPEG bytes."""
-    from pipeline.imageio import load_rgb
+    from pipeline.engine.imageio import load_rgb
 
     image = load_rgb(path, max_pixels)
     draw = ImageDraw.Draw(image)
@@ -79,42 +78,26 @@ def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: i
 
 
 def robustness(config: PipelineConfig, store: Store, head) -> dict[str, Any] | None:
-    """AP and ACC of `head` on each perturbation and level, and on the same sources clean."""
-    from stages.evaluate import evaluate_scores
-    from stages.fit import labelled_rows, to_numpy
-    from stages.perturb import GRID, label
+    """AP and ACC of `head` on each perturbation and level, and on the same sources clean (the robustness job)."""
+    from pipeline.app.runner import make_stage
 
-    distance_fp = head.config["features"]["fingerprint"]
-    derived = labelled_rows(store, distance_fp, perturbation="*")
-    if derived.is_empty():
-        return None
-    clean = labelled_rows(store, distance_fp).filter(pl.col("image_id").is_in(derived["source_id"].unique().to_list()))
-
-    def score(rows: pl.DataFrame) -> dict[str, Any]:
-        x = head.features(to_numpy(rows["d_global"]), to_numpy(rows["d_local"]))
-        return evaluate_scores(head.name, rows, head.predict_proba(x), 0.5)["all"]
-
-    out: dict[str, Any] = {"clean": score(clean) if not clean.is_empty() else None, "grid": {}}
-    for kind, levels in GRID.items():
-        for level in levels:
-            rows = derived.filter(pl.col("perturbation") == label(kind, level))
-            if not rows.is_empty():
-                out["grid"].setdefault(kind, []).append((level, score(rows)))
-    return out
+    job = make_stage("robustness", config, store, model=head.directory)
+    job.run()
+    return job.result
 
 
 def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
     """Write reports/report.html (and the PNG plots beside it); returns its path."""
-    from pipeline import formatbias, plots
-    from pipeline.heads import FittedHead
-    from stages.evaluate import EvaluateStage, latest_model
-    from stages.fit import labelled_rows, to_numpy
+    from pipeline.app import formatbias, plots
+    from pipeline.app.runner import make_stage
+    from pipeline.method.heads import FittedHead
+    from pipeline.method.rows import labelled_rows, latest_model, to_numpy
 
     reports = store.reports
     figures = reports / "figures"
     model_dir = latest_model(store)
     head = FittedHead(model_dir)
-    stage = EvaluateStage(config, store, models=[model_dir])
+    stage = make_stage("evaluate", config, store, models=[model_dir])
     stage.run()
     result = stage.result
     parts = [
@@ -175,7 +158,6 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
         clean_ap = (robust["clean"] or {}).get("ap") or 0.0
         lines = {k: [(lvl, m["ap"] or 0.0) for lvl, m in pts] for k, pts in robust["grid"].items()}
         parts.append(img_tag(plots.robustness_lines(lines, clean_ap, figures / "robustness.png"), "robustness"))
-        (reports / "robustness.json").write_text(json.dumps(robust, indent=2, default=float) + "\n")
     bias = formatbias.summary(store)
     parts.append("<h2>Format bias</h2>")
     parts.append(table_html([[str(v) if v is not None else "-" for v in r] for r in bias.rows()], bias.columns))
@@ -195,14 +177,13 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
 
 def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame, scores: np.ndarray, n: int) -> str:
     """Cards for the most confident real and fake test images: boxes, caption, per-object cosines."""
-    from pipeline.runner import make_stage
-    from stages.distance import object_cosines
+    from pipeline.app.api import head_pipeline
+    from pipeline.app.runner import make_stage
+    from pipeline.method.misalignment import object_cosines
 
     order = np.argsort(scores)
     chosen = list(dict.fromkeys([*order[: n // 2].tolist(), *order[::-1][: n - n // 2].tolist()]))
     ids = [test["image_id"][int(i)] for i in chosen]
-    from pipeline.api import head_pipeline
-
     pipeline_config = head_pipeline(head)  # the configuration the head's features were computed with
     frames = {}
     for name, cols in (

@@ -36,15 +36,16 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")
 def _setup(
     data_dir: Path,
     profile: str | None,
-    params: Path,
+    params: Path | None,
     verbose: bool,
     overrides: dict[str, dict] | None = None,
     **runtime,
 ):
-    from pipeline.config import load_params, resolve
-    from pipeline.log import setup_logging
-    from pipeline.store import Store
+    from pipeline.engine.config import load_params, resolve
+    from pipeline.engine.log import setup_logging
+    from pipeline.engine.store import Store
 
+    # The resolved configuration (profile <- params.yaml <- overrides) and the store; params None: none.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     setup_logging(verbose)
     loaded = load_params(params)
@@ -67,17 +68,33 @@ def _progress(desc: str):
     return bar, update
 
 
-def _run(name: str, config, store, **kwargs):
-    from pipeline.runner import run_stage, write_summary
+def _run_steps(names: list[str], config, store, executor=None, retry_errors: bool = False, options=None):
+    """Run stages in order through the orchestrator, with a progress bar each; print and record each."""
+    from pipeline.app.runner import run_steps, write_summary
 
-    bar, update = _progress(name)
+    bars = []
+
+    def progress(name: str):
+        bar, update = _progress(name)
+        bars.append(bar)
+        return update
+
+    done = []
     try:
-        stats = run_stage(name, config, store, progress=update, **kwargs)
+        for stage, stats in run_steps(names, config, store, progress, executor, retry_errors, options):
+            bars.pop().close()
+            _report(stats)
+            write_summary(stage)
+            done.append((stage, stats))
     finally:
-        bar.close()
-    _report(stats)
-    write_summary(name, config, store)
-    return stats
+        for bar in bars:
+            bar.close()
+    return done
+
+
+def _run(name: str, config, store, executor=None, retry_errors: bool = False, **stage_options):
+    """One stage through the orchestrator; returns its stats."""
+    return _run_steps([name], config, store, executor, retry_errors, {name: stage_options})[0][1]
 
 
 def _report(stats) -> None:
@@ -91,6 +108,27 @@ def _report(stats) -> None:
     )
 
 
+Retry = Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")]
+ExecutorName = Annotated[
+    str,
+    typer.Option(help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."),
+]
+Scheduler = Annotated[str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")]
+Workers = Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")]
+
+
+def _with_executor(name: str, scheduler: str | None, workers: int | None, body) -> None:
+    """Run `body(executor)` and close the executor (a dask cluster) afterwards."""
+    from pipeline.engine.executors import make_executor
+
+    runner = make_executor(name, scheduler, workers)
+    try:
+        body(runner)
+    finally:
+        if hasattr(runner, "close"):
+            runner.close()
+
+
 def _stage_command(name: str, doc: str):
     def command(
         data_dir: DataDir = Path("data"),
@@ -99,30 +137,16 @@ def _stage_command(name: str, doc: str):
         device: Device = None,
         batch_size: BatchSize = None,
         chunk_size: ChunkSize = None,
-        retry_errors: Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")] = False,
-        executor: Annotated[
-            str,
-            typer.Option(
-                help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."
-            ),
-        ] = "local",
-        scheduler: Annotated[
-            str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")
-        ] = None,
-        workers: Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")] = None,
+        retry_errors: Retry = False,
+        executor: ExecutorName = "local",
+        scheduler: Scheduler = None,
+        workers: Workers = None,
         verbose: Verbose = False,
     ) -> None:
-        from pipeline.executors import make_executor
-
         config, store = _setup(
             data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
         )
-        runner = make_executor(executor, scheduler, workers)
-        try:
-            _run(name, config, store, retry_errors=retry_errors, executor=runner)
-        finally:
-            if hasattr(runner, "close"):
-                runner.close()
+        _with_executor(executor, scheduler, workers, lambda runner: _run(name, config, store, runner, retry_errors))
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -147,13 +171,18 @@ def ingest(
     label, generator and split from the folder layout (0_real/1_fake, GenImage's ai/nature,
     DiffusionForensics' <split>/<source>/<generator>) or a list's columns. Broken files get error rows;
     files seen before (same path, size and mtime) are skipped."""
-    from pipeline.config import load_params
-
     config, store = _setup(data_dir, profile, params, verbose)
-    inputs = inputs or load_params(params).get("inputs") or []
+    inputs = inputs or _params_inputs(params)
+    _run("ingest", config, store, inputs=inputs, dataset=dataset, layout=layout, generator=generator, split=split)
+
+
+def _params_inputs(params: Path | None) -> list[str]:
+    from pipeline.engine.config import load_params
+
+    inputs = load_params(params).get("inputs") or []
     if not inputs:
         raise typer.BadParameter("give folders or lists to ingest, or list them under `inputs:` in params.yaml")
-    _run("ingest", config, store, inputs=inputs, dataset=dataset, layout=layout, generator=generator, split=split)
+    return [str(i) for i in inputs]
 
 
 _stage_command(
@@ -179,25 +208,37 @@ _stage_command(
 
 @app.command("run")
 def run_all(
-    first: Annotated[str, typer.Option("--from", help="First stage: caption | ... | fit.")] = "caption",
+    first: Annotated[str, typer.Option("--from", help="First stage: ingest | caption | ... | fit.")] = "caption",
     last: Annotated[str, typer.Option("--to", help="Last stage: ... | fit | evaluate.")] = "evaluate",
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
     params: Params = Path("params.yaml"),
     device: Device = None,
     batch_size: BatchSize = None,
+    chunk_size: ChunkSize = None,
+    retry_errors: Retry = False,
+    executor: ExecutorName = "local",
+    scheduler: Scheduler = None,
+    workers: Workers = None,
     verbose: Verbose = False,
 ) -> None:
-    """Run the stages from --from to --to in order, in one process (each computes only what is missing)."""
-    order = ["caption", "ground", "embed", "distance", "fit", "evaluate"]
-    if first not in order or last not in order or order.index(first) > order.index(last):
-        raise typer.BadParameter(f"--from/--to must be stages in order: {', '.join(order)}")
-    config, store = _setup(data_dir, profile, params, verbose, device=device, batch_size=batch_size)
-    for name in order[order.index(first) : order.index(last) + 1]:
-        if name == "evaluate":
-            _evaluate(config, store, None)
-        else:
-            _run(name, config, store)
+    """Run the stages from --from to --to in pipeline order, in one process (each computes only what is
+    missing). The executor and --retry-errors apply to the per-image stages; --from ingest reads
+    params.yaml's `inputs`."""
+    from pipeline.app.runner import stage_range
+
+    names = stage_range(first, last)
+    config, store = _setup(
+        data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
+    )
+    options = {"ingest": {"inputs": _params_inputs(params)}} if "ingest" in names else {}
+
+    def body(runner) -> None:
+        for stage, _ in _run_steps(names, config, store, runner, retry_errors, options):
+            if stage.name == "evaluate":
+                _print_evaluation(stage, store)
+
+    _with_executor(executor, scheduler, workers, body)
 
 
 @app.command()
@@ -239,19 +280,22 @@ def evaluate(
     0.5, AP, AUC, real/fake ACC, TPR at 1% and 5% FPR, and ACC at the calibrated threshold. Prints the
     ACC and AP tables in the paper's layout; writes every table (CSV + Markdown) and metrics.json to
     reports/."""
-    from stages.evaluate import all_models
+    from pipeline.method.rows import all_models
 
     config, store = _setup(data_dir, profile, params, verbose)
     methods = [h.strip() for h in heads.split(",") if h.strip()] if heads else list(config.stage("evaluate").heads)
     if methods:
         _compare(methods, config, store)
     else:
-        _evaluate(config, store, all_models(store) if all_heads else model)
+        models = all_models(store) if all_heads else model
+        for stage, _ in _run_steps(["evaluate"], config, store, options={"evaluate": {"models": models}}):
+            _print_evaluation(stage, store)
 
 
 def _compare(methods: list[str], config, store) -> None:
-    from stages.baselines import compare, leakage_warning
-    from stages.evaluate import format_tables
+    from pipeline.app.runner import compare
+    from pipeline.method.evaluation import format_tables
+    from stages.baselines import leakage_warning
 
     results = compare(methods, config, store)
     typer.echo(format_tables(results, ("acc", "ap")))
@@ -260,13 +304,10 @@ def _compare(methods: list[str], config, store) -> None:
         typer.echo(warning)
 
 
-def _evaluate(config, store, models) -> None:
-    from pipeline.runner import make_stage
-    from stages.evaluate import format_tables
+def _print_evaluation(stage, store, metrics: tuple[str, ...] = ("acc", "ap", "acc_calibrated")) -> None:
+    from pipeline.method.evaluation import format_tables
 
-    stage = make_stage("evaluate", config, store, models=models)
-    stage.run()
-    typer.echo(format_tables(stage.results, ("acc", "ap", "acc_calibrated")))
+    typer.echo(format_tables(stage.results, metrics))
     typer.echo(f"all tables and metrics.json: {store.reports}")
 
 
@@ -284,10 +325,10 @@ def predict(
     with the head's own model configuration, then writes one row per input file: image_id, path,
     score = P(fake) (calibrated), decision, caption, objects with their image-phrase cosine, status
     and error. Broken files get a row with the reason."""
-    from pipeline.api import predict as run_predict
-    from pipeline.api import write_rows
+    from pipeline.app.api import predict as run_predict
+    from pipeline.app.api import write_rows
 
-    _setup(data_dir, None, Path("/nonexistent"), verbose)
+    _setup(data_dir, None, None, verbose)
     bars = []
 
     def progress(name: str):
@@ -323,7 +364,7 @@ def status(
 ) -> None:
     """Per stage under the current configuration: rows ok, rows in error (by reason) and manifest images
     still missing; other fingerprints present on disk are listed."""
-    from pipeline.runner import status as stage_status
+    from pipeline.app.runner import status as stage_status
 
     config, store = _setup(data_dir, profile, params, verbose)
     typer.echo(f"data: {store.root}  profile: {config.profile}")
@@ -346,34 +387,29 @@ def demo(
     profile (and on the robustness grid of its test images), evaluate, compare with the baselines,
     write the HTML report, and score a folder of unseen images: random-weight models, so the numbers
     only show that the pipeline works."""
-    from pipeline.api import predict as run_predict
-    from pipeline.api import write_rows
-    from pipeline.config import resolve
-    from pipeline.demo import make_images, make_unseen
-    from pipeline.report import build as build_report
-    from pipeline.runner import make_stage
-    from stages.evaluate import format_tables
-    from stages.perturb import derive
+    from pipeline.app.api import predict as run_predict
+    from pipeline.app.api import write_rows
+    from pipeline.app.demo import make_images, make_unseen
+    from pipeline.app.report import build as build_report
+    from pipeline.app.runner import stage_range
 
-    _setup(data_dir, "tiny", Path("/nonexistent"), verbose)
-    from pipeline.store import Store
-
-    store = Store(data_dir)
+    config, store = _setup(data_dir, "tiny", None, verbose, chunk_size=64)
     start = time.perf_counter()
     root = make_images(store.root / "raw" / "demo", n_per_class)
     typer.echo(f"demo images: {root}")
-    config = resolve("tiny", {}, {"chunk_size": 64})
-    computed = 0
-    for name in ("ingest", "caption", "ground", "embed", "distance", "fit"):
-        kwargs = {"inputs": [root], "dataset": "demo"} if name == "ingest" else {}
-        computed += _run(name, config, store, **kwargs).computed
-    derived = derive(config, store)  # the robustness grid: 9 perturbed copies of each test image
-    computed += _run("ingest", config, store, sources=derived).computed
-    for name in ("caption", "ground", "embed", "distance"):
-        computed += _run(name, config, store).computed
-    stage = make_stage("evaluate", config, store)
-    stage.run()
-    typer.echo(format_tables(stage.results, ("acc", "ap")))
+    # The same orchestration as `item run`: ingest .. fit, then the robustness grid (9 perturbed copies
+    # of each test image) through the per-image stages, then evaluate.
+    ran = _run_steps(
+        stage_range("ingest", "fit"), config, store, options={"ingest": {"inputs": [root], "dataset": "demo"}}
+    )
+    perturbed = _run_steps(["perturb"], config, store)
+    derived = perturbed[0][0].sources
+    ran += perturbed + _run_steps(
+        stage_range("ingest", "distance"), config, store, options={"ingest": {"sources": derived}}
+    )
+    evaluated = _run_steps(["evaluate"], config, store)
+    computed = sum(stats.computed for _, stats in ran + evaluated)
+    _print_evaluation(evaluated[0][0], store, ("acc", "ap"))
     typer.echo("comparison with baselines trained on the same cache:")
     report = store.reports / "report.html"
     cached = [store.reports / f"comparison_{m}.md" for m in ("acc", "ap")]
@@ -414,12 +450,11 @@ def perturb(
     sigma 1/2/3 and JPEG quality 75/50/25 copies of a split's images (real and fake alike), and ingest
     them as new images with source_id and perturbation. Run the stages (`item run`) and then `item
     report` (or `item robustness`) to score them."""
-    from stages.perturb import derive
-
     config, store = _setup(data_dir, profile, params, verbose)
-    sources = derive(config, store, tuple(k.strip() for k in kinds.split(",") if k.strip()), split, seed)
-    typer.echo(f"perturb: {len(sources)} derived image(s) under {store.root / 'derived'}")
-    _run("ingest", config, store, sources=sources, dataset=None)
+    options = {"kinds": tuple(k.strip() for k in kinds.split(",") if k.strip()), "split": split, "seed": seed}
+    job = _run_steps(["perturb"], config, store, options={"perturb": options})[0][0]
+    typer.echo(f"perturb: {len(job.sources)} derived image(s) under {job.out}")
+    _run("ingest", config, store, sources=job.sources)
 
 
 @app.command()
@@ -431,15 +466,10 @@ def robustness(
 ) -> None:
     """AP and ACC of the latest head on every perturbation and level (after `item perturb` and `item run`),
     next to the same images clean; writes reports/robustness.json and reports/figures/robustness.png."""
-    import json
-
-    from pipeline import plots
-    from pipeline.heads import FittedHead
-    from pipeline.report import robustness as robustness_grid
-    from stages.evaluate import latest_model
+    from pipeline.app import plots
 
     config, store = _setup(data_dir, profile, params, verbose)
-    result = robustness_grid(config, store, FittedHead(latest_model(store)))
+    result = _run_steps(["robustness"], config, store)[0][0].result
     if result is None:
         raise typer.BadParameter("no scored derived images: run `item perturb`, then `item run --to distance`")
     clean = result["clean"] or {}
@@ -447,8 +477,6 @@ def robustness(
     for kind, points in result["grid"].items():
         cells = "  ".join(f"{lvl:g}: AP {100 * (m['ap'] or 0):.2f} ACC {100 * m['acc']:.2f}" for lvl, m in points)
         typer.echo(f"{kind:<6} {cells}")
-    store.reports.mkdir(parents=True, exist_ok=True)
-    (store.reports / "robustness.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     lines = {k: [(lvl, m["ap"] or 0.0) for lvl, m in pts] for k, pts in result["grid"].items()}
     plots.robustness_lines(lines, clean.get("ap") or 0.0, store.reports / "figures" / "robustness.png")
 
@@ -464,7 +492,7 @@ def report(
     """Write reports/report.html: one self-contained page with the evaluation tables, the baseline
     comparison and robustness grid (when computed), PR/ROC curves, per-generator bars, t-SNE of D, the
     format-bias check, and per-image explanations (thumbnail with boxes, caption, per-object cosine)."""
-    from pipeline.report import build
+    from pipeline.app.report import build
 
     config, store = _setup(data_dir, profile, params, verbose)
     typer.echo(f"report: {build(config, store, sample)}")
@@ -478,9 +506,9 @@ def check(
 ) -> None:
     """Read every part file under the data directory; report (or quarantine) the ones that are not
     readable Parquet with an image_id and status column."""
-    from pipeline.store import check_parts
+    from pipeline.engine.store import check_parts
 
-    _setup(data_dir, None, Path("/nonexistent"), verbose)
+    _setup(data_dir, None, None, verbose)
     bad = check_parts(data_dir, quarantine=quarantine)
     for path, reason in bad:
         typer.echo(f"{'quarantined' if quarantine else 'bad'}: {path}: {reason}")
@@ -500,8 +528,8 @@ def bench(
 ) -> None:
     """Measure the speed figures (embed efficiency vs the bare model, no-op re-run over 100,000 cached
     images, head fits on 80,000 rows, distance memory at 10k vs 100k) and print each with its target."""
-    from pipeline.bench import append_markdown, run_all, verdict
-    from pipeline.log import setup_logging
+    from pipeline.app.bench import append_markdown, run_all, verdict
+    from pipeline.engine.log import setup_logging
 
     setup_logging(verbose)
     figures = run_all(only, rows)
@@ -514,14 +542,16 @@ def bench(
 
 
 def main() -> None:
-    from pipeline.config import ConfigError
-    from pipeline.registry import UnknownNameError
-    from pipeline.stage import SystemicError
-    from pipeline.store import LockedError, StoreError
+    from pipeline.engine.errors import UsageError
+    from pipeline.engine.feature import SystemicError
+    from pipeline.engine.registry import UnknownNameError
+    from pipeline.engine.store import LockedError, StoreError
 
+    # What a user can act on is one line (with -v, its traceback too); any other exception is a bug
+    # and keeps its traceback.
     try:
         app()
-    except (ConfigError, UnknownNameError, StoreError, LockedError, SystemicError, FileNotFoundError, ValueError) as e:
+    except (UsageError, UnknownNameError, StoreError, LockedError, SystemicError, FileNotFoundError) as e:
         log.debug("failed", exc_info=True)
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.store import Store
+from pipeline.engine.store import Store
 
 
 def summary(store: Store) -> pl.DataFrame:

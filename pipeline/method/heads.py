@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.config import FitConfig
-from pipeline.registry import Registry
+from pipeline.engine.config import FitConfig
+from pipeline.engine.registry import Registry
 
 CONFIG = "config.json"
 HEADS: Registry[type] = Registry("head")

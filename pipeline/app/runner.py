@@ -1,0 +1,189 @@
+"""Orchestration: build stages by name, run them in the registry's order, compare methods, and report
+what the store holds. The CLI, the demo, the Python API and DVC all go through here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+import stages  # noqa: F401  (registers the built-in stages)
+from pipeline.engine.config import PipelineConfig
+from pipeline.engine.errors import UsageError
+from pipeline.engine.executors import Executor
+from pipeline.engine.feature import FeatureStage
+from pipeline.engine.stage import STAGES, RunStats, Stage, error_reason_kind
+from pipeline.engine.store import Store
+from pipeline.method.metrics import LABELS, table
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+def pipeline_order() -> list[str]:
+    """Every pipeline step, in order (ingest ... evaluate): the one definition of the stage order."""
+    return STAGES.order()
+
+
+def make_stage(name: str, config: PipelineConfig, store: Store, **options: Any) -> Stage:
+    """An instance of the named stage (`options` go to jobs that take them, e.g. ingest's inputs)."""
+    return STAGES.get(name)(config, store, **options)
+
+
+def run_stage(
+    name: str,
+    config: PipelineConfig,
+    store: Store,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+    retry_errors: bool = False,
+    ids: set[str] | None = None,
+    **stage_options: Any,
+) -> RunStats:
+    """Run one stage (see `run`); `stage_options` go to its constructor (e.g. ingest's inputs)."""
+    return run(make_stage(name, config, store, **stage_options), progress, executor, retry_errors, ids)
+
+
+def run(
+    stage: Stage,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+    retry_errors: bool = False,
+    ids: set[str] | None = None,
+) -> RunStats:
+    """Run a built stage. `executor`, `retry_errors` and `ids` steer per-image feature stages (in a
+    sequence such as `item run` they apply to each feature stage); a whole-dataset job takes none."""
+    if isinstance(stage, FeatureStage):
+        return stage.run(ids=ids, executor=executor, progress=progress, retry_errors=retry_errors)
+    return stage.run(progress=progress)
+
+
+def run_steps(
+    names: list[str],
+    config: PipelineConfig,
+    store: Store,
+    progress: Callable[[str], Progress | None] | None = None,
+    executor: Executor | None = None,
+    retry_errors: bool = False,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> Iterator[tuple[Stage, RunStats]]:
+    """Run `names` in the order given, yielding each stage and its stats as it finishes.
+
+    Args:
+        progress: name -> row counter callback (a progress bar), or None.
+        options: per stage name, its constructor options (ingest's inputs, evaluate's models).
+    """
+    for name in names:
+        stage = make_stage(name, config, store, **(options or {}).get(name, {}))
+        yield stage, run(stage, progress(name) if progress else None, executor, retry_errors)
+
+
+def stage_range(first: str, last: str) -> list[str]:
+    """The steps from `first` to `last` inclusive, in pipeline order."""
+    order = pipeline_order()
+    if first not in order or last not in order or order.index(first) > order.index(last):
+        raise UsageError(f"--from/--to must be stages in order: {', '.join(order)}")
+    return order[order.index(first) : order.index(last) + 1]
+
+
+def compare(methods: list[str], config: PipelineConfig, store: Store, split: str = "test") -> list[dict[str, Any]]:
+    """One evaluation result per method, in the order given: `item` is the fit stage's head scored by
+    evaluate; every other name is a baseline trained on the same cache. Writes the comparison tables."""
+    baselines = [m for m in methods if m != "item"]
+    by_name: dict[str, dict[str, Any]] = {}
+    if baselines:
+        job = make_stage("baselines", config, store, methods=baselines, split=split)
+        job.run()
+        by_name.update({r["method"]: r for r in job.results})
+    if "item" in methods:
+        run_stage("fit", config, store)
+        evaluate = make_stage("evaluate", config, store, models=[make_stage("fit", config, store).model_dir])
+        evaluate.run()
+        by_name["item"] = {**evaluate.result, "method": "item"}
+    results = []
+    for name in methods:
+        result = dict(by_name[name])
+        result["model"], result["model_dir"] = name, result["model"]
+        results.append(result)
+    write_comparison(results, store)
+    return results
+
+
+def write_comparison(results: list[dict[str, Any]], store: Store) -> None:
+    store.reports.mkdir(parents=True, exist_ok=True)
+    for metric in ("acc", "ap"):
+        (store.reports / f"comparison_{metric}.csv").write_text(table(results, metric, markdown=False) + "\n")
+        (store.reports / f"comparison_{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(results, metric)}\n")
+    summary = {r["method"]: {"model": r["model_dir"], "all": r["all"], "mean": r["mean"]} for r in results}
+    (store.reports / "comparison.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def write_summary(stage: Stage) -> Path | None:
+    """A small JSON per stage (`data/dvc/<stage>.json`) that changes exactly when the stage's output does.
+
+    DVC tracks these instead of thousands of part files: each names the fingerprint, the counts and a
+    digest of the current (image_id, status) pairs (fit: the head's folder).
+    """
+    summary = stage.summary()
+    if summary is None:
+        return None
+    target = stage.store.root / "dvc" / f"{stage.name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return target
+
+
+@dataclass
+class StageStatus:
+    """Counts of one stage's rows under the current configuration, against the manifest."""
+
+    stage: str
+    fingerprint: str
+    ok: int = 0
+    error: int = 0
+    missing: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    other_fingerprints: list[str] = field(default_factory=list)
+
+
+def _counts(table, manifest_ids) -> tuple[int, int, int, dict[str, int]]:
+    ids = table.column("image_id")
+    in_manifest = table.filter(pc.is_in(ids, value_set=manifest_ids))
+    unique = in_manifest.group_by("image_id").aggregate(
+        [("status", "max"), ("error", "min")]
+    )  # "ok" > "error": a retried id counts as ok
+    status = unique.column("status_max").to_pylist()
+    errors = Counter(
+        error_reason_kind(e)
+        for s, e in zip(status, unique.column("error_min").to_pylist(), strict=True)
+        if s == "error"
+    )
+    ok = sum(1 for s in status if s == "ok")
+    return ok, sum(errors.values()), len(manifest_ids) - len(status), dict(errors)
+
+
+def status(config: PipelineConfig, store: Store) -> list[StageStatus]:
+    """Per stage: ok rows, error rows by reason, and manifest images with no row yet."""
+    manifest = store.manifest.read(["image_id", "status", "error"])  # errors needed: read the rows
+    manifest_ids = manifest.column("image_id").combine_chunks()
+    ok, err, _, errors = _counts(manifest, manifest_ids)
+    report = [StageStatus("ingest", "manifest", ok, err, 0, errors)]
+    for name in STAGES.feature_stages():
+        fp = make_stage(name, config, store).fingerprint
+        part_dir = store.features(name, fp)
+        table = (
+            part_dir.read(["image_id", "status", "error"])
+            if part_dir.exists()
+            else manifest.schema.empty_table().select(["image_id", "status", "error"])
+        )
+        ok, err, missing, errors = _counts(table, manifest_ids)
+        others = [f for f in store.fingerprints(name) if f != fp]
+        report.append(StageStatus(name, fp, ok, err, missing, errors, others))
+    return report

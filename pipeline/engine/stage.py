@@ -1,0 +1,185 @@
+"""What every step of the pipeline shares: a name, its inputs by name, a typed config, a fingerprint.
+
+Two small bases build on `Stage`: `FeatureStage` (engine/feature.py), per-image work resumed by
+keys, and `Job` (engine/job.py), work over a whole dataset (fit, evaluate, perturb, ...).
+
+The engine never imports a stage module. Stages register their classes into `STAGES` (the
+`stages` package does it on import); the engine resolves the names a stage declares as inputs
+through that registry, and the pipeline's order is the registry's dependency order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from abc import ABC
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipeline.engine.config import PipelineConfig, as_dict
+from pipeline.engine.keys import short_hash
+from pipeline.engine.registry import Registry, UnknownNameError
+from pipeline.engine.store import PartDir, Store
+
+if TYPE_CHECKING:
+    from pipeline.engine.feature import ChunkResult
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest"  # the input name of ingest's output
+MANIFEST_STAGE = "ingest"
+
+
+class StageRegistry(Registry[type]):
+    """Stage classes by name; knows the pipeline's order from the inputs each class declares."""
+
+    def get(self, name: str) -> type:
+        try:
+            return super().get(name)
+        except UnknownNameError as e:
+            hint = "" if len(self) else " (no stage is registered: `import stages` registers the built-in ones)"
+            raise UnknownNameError(f"{e}{hint}") from None
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def order(self) -> list[str]:
+        """The registered pipeline steps (`step = True`), each after every stage it reads."""
+        steps = {n: self.get(n) for n in self.names() if self.get(n).step}
+        done: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in done or name not in steps:
+                return
+            if name in path:
+                raise ValueError(f"stages read each other in a cycle: {' -> '.join((*path, name))}")
+            for upstream in steps[name].inputs:
+                visit(MANIFEST_STAGE if upstream == MANIFEST else upstream, (*path, name))
+            done.append(name)
+
+        # Ties (stages that do not depend on each other) break by registration order: deterministic.
+        for name in self._items:
+            visit(name, ())
+        return done
+
+    def feature_stages(self) -> list[str]:
+        """The per-image feature stages in pipeline order (what `status` reports on)."""
+        from pipeline.engine.feature import FeatureStage
+
+        return [n for n in self.order() if issubclass(self.get(n), FeatureStage)]
+
+
+STAGES = StageRegistry("stage")
+
+
+@dataclass
+class RunStats:
+    """What one run of a stage did."""
+
+    stage: str
+    fingerprint: str
+    todo: int = 0
+    ok: int = 0
+    error: int = 0
+    parts: int = 0
+    seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ChunkResult) -> None:
+        self.ok += other.ok
+        self.error += other.error
+        self.parts += 1 if other.written else 0
+        for reason, n in other.errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+
+    def count_error(self, error: str | None) -> None:
+        self.error += 1
+        kind = error_reason_kind(error)
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    @property
+    def computed(self) -> int:
+        return self.ok + self.error
+
+
+def error_reason_kind(error: str | None) -> str:
+    """The group an error is counted in: its leading kind, with the stage it came from if upstream.
+
+    "corrupt or truncated image: OSError: ..." -> "corrupt or truncated image";
+    "ingest: not an image: Pillow ..." -> "ingest: not an image".
+    """
+    if not error:
+        return "unknown"
+    head, _, rest = error.partition(":")
+    if is_stage_name(head) and rest:
+        return f"{head}: {rest.strip().split(':', 1)[0].strip()}"
+    return head.strip()
+
+
+def is_stage_name(text: str) -> bool:
+    return text == MANIFEST_STAGE or text in STAGES
+
+
+class Stage(ABC):
+    """A pipeline step with a fingerprinted output.
+
+    Subclasses set `name`, `inputs` (names of the stages whose output they read; "manifest" is
+    ingest's) and `version`, and derive from `FeatureStage` or `Job`.
+
+    Args:
+        config: the resolved pipeline configuration.
+        store: where inputs are read and outputs written.
+    """
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]] = ()
+    version: ClassVar[int] = 1  # bump when the computation changes: a new fingerprint
+    step: ClassVar[bool] = True  # part of the pipeline's order (`item run`); False for side jobs
+
+    def __init__(self, config: PipelineConfig, store: Store) -> None:
+        self.pipeline = config
+        self.cfg = config.stage(self.name) if self.name in config.stages else None
+        self.runtime = config.runtime
+        self.store = store
+
+    def upstream(self, name: str) -> Stage:
+        """The stage this one reads under `name`, built from the same configuration and store."""
+        return STAGES.get(name)(self.pipeline, self.store)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return short_hash(json.dumps(self.identity(), sort_keys=True, separators=(",", ":")))
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines this stage's results (hashed into the fingerprint)."""
+        upstream = {name: self.upstream(name).fingerprint for name in self.inputs if name != MANIFEST}
+        config = as_dict(self.cfg) if self.cfg is not None else {}
+        return {"stage": self.name, "version": self.version, "config": config, "inputs": upstream}
+
+    def summary(self) -> dict[str, Any] | None:
+        """A small dict that changes exactly when this stage's stored output does (what DVC tracks),
+        or None for a stage whose output DVC tracks otherwise."""
+        return None
+
+    def input_dir(self, name: str) -> PartDir:
+        """Where the rows of input `name` under this configuration live."""
+        if name == MANIFEST:
+            return self.store.manifest
+        return self.store.features(name, self.upstream(name).fingerprint, None)
+
+
+def part_summary(stage: str, fingerprint: str, part_dir: PartDir) -> dict[str, Any]:
+    """Counts and a digest of the current (image_id, status) pairs of a part folder."""
+    rows = part_dir.current_keys().sort_by("image_id")
+    ids, status = rows.column("image_id").to_pylist(), rows.column("status").to_pylist()
+    digest = hashlib.sha256("".join(f"{i}:{s};" for i, s in zip(ids, status, strict=True)).encode())
+    return {
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "rows": len(ids),
+        "ok": status.count("ok"),
+        "error": status.count("error"),
+        "digest": digest.hexdigest()[:16],
+    }
