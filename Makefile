@@ -1,62 +1,73 @@
 # ITEM pipeline. `make help` lists the targets.
+# The targets make and use a project environment in $(VENV) from pyproject.toml when it is missing or
+# older than pyproject.toml, and reuse it otherwise. PYTHON is the interpreter that creates it.
 PYTHON ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
+ENV_STAMP = $(VENV)/.installed
 DATA ?= data
 PROFILE ?=
 INPUTS ?=
 # Run the CLI from this checkout (not whichever checkout was pip-installed last).
-ITEM = PYTHONPATH=$(CURDIR) $(PYTHON) -m pipeline
+ITEM = PYTHONPATH=$(CURDIR) $(PY) -m pipeline
 OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
-OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
+# The environment's bin first on PATH: `dvc`, `item` and `python3` are the project's (dvc.yaml calls python3).
+OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
 .PHONY: help install demo test bench soak lint ingest caption ground embed distance fit evaluate status check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: ## install the package and its dependencies (torch from the registry, uncapped)
-	$(PYTHON) -m pip install -e '.[dev]'
+install: $(ENV_STAMP) ## make the project environment .venv (torch from the registry, uncapped); done by every target
 
-demo: ## synthetic images through every stage with the tiny profile (offline, random weights)
+$(ENV_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(ENV_STAMP)
+
+demo: $(ENV_STAMP) ## synthetic images through every stage with the tiny profile (offline, random weights)
 	$(OFFLINE) $(ITEM) demo --data-dir $(DATA)
 
-test: ## run the test suite (offline)
-	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q
+test: $(ENV_STAMP) ## run the test suite (offline)
+	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pytest -q
 
-bench: ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
+bench: $(ENV_STAMP) ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
 	$(OFFLINE) $(ITEM) bench
 
-soak: ## the kill test with many more trials and images (minutes)
-	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q tests/pipeline/test_kill.py
+soak: $(ENV_STAMP) ## the kill test with many more trials and images (minutes)
+	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests/pipeline/test_kill.py
 
-lint: ## ruff
-	$(PYTHON) -m ruff check pipeline stages tests
+lint: $(ENV_STAMP) ## ruff, and the layer contract (import-linter: engine never imports stages, no stage imports another)
+	$(PY) -m ruff check pipeline stages tests
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
 
-ingest: ## add images to the manifest: make ingest INPUTS="path/to/folder list.csv"
+ingest: $(ENV_STAMP) ## add images to the manifest: make ingest INPUTS="path/to/folder list.csv"
 	$(ITEM) ingest $(INPUTS) $(OPTS)
 
-caption: ## caption every ingested image
+caption: $(ENV_STAMP) ## caption every ingested image
 	$(ITEM) caption $(OPTS)
 
-ground: ## ground the caption's objects
+ground: $(ENV_STAMP) ## ground the caption's objects
 	$(ITEM) ground $(OPTS)
 
-embed: ## CLIP embeddings of images, captions, crops and phrases
+embed: $(ENV_STAMP) ## CLIP embeddings of images, captions, crops and phrases
 	$(ITEM) embed $(OPTS)
 
-distance: ## misalignment vectors D_g, D_l (Eq. 3-7)
+distance: $(ENV_STAMP) ## misalignment vectors D_g, D_l (Eq. 3-7)
 	$(ITEM) distance $(OPTS)
 
-fit: ## train the head on cached distance rows
+fit: $(ENV_STAMP) ## train the head on cached distance rows
 	$(ITEM) fit $(OPTS)
 
-evaluate: ## ACC and AP of the latest head
+evaluate: $(ENV_STAMP) ## ACC and AP of the latest head
 	$(ITEM) evaluate $(OPTS)
 
-status: ## rows ok / error / missing per stage
+status: $(ENV_STAMP) ## rows ok / error / missing per stage
 	$(ITEM) status $(OPTS)
 
-check: ## find unreadable or foreign part files (QUARANTINE=1 moves them aside)
+check: $(ENV_STAMP) ## find unreadable or foreign part files (QUARANTINE=1 moves them aside)
 	$(ITEM) check --data-dir $(DATA) $(if $(QUARANTINE),--quarantine)
 
-clean-demo: ## remove the demo's generated images and outputs from $(DATA)
+clean-demo: $(ENV_STAMP) ## remove the demo's generated images and outputs from $(DATA)
 	rm -rf $(DATA)/raw/demo $(DATA)/manifest $(DATA)/sources $(DATA)/features $(DATA)/models $(DATA)/reports

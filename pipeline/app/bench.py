@@ -27,15 +27,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.app.runner import make_stage, run_stage, stage_range
 from pipeline.engine import schemas
 from pipeline.engine.config import PipelineConfig, resolve
 from pipeline.engine.keys import image_id_of_bytes
+from pipeline.engine.stage import STAGES
 from pipeline.engine.store import Store
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-FEATURE_STAGES = ("caption", "ground", "embed", "distance")
 
 
 def figure(name: str, value: float, unit: str, target: str, ok: bool | None, **extra: Any) -> dict[str, Any]:
@@ -59,7 +60,6 @@ def verdict(ok: bool | None) -> str:
 
 def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: int = 1, chunk: int = 5000) -> None:
     """Manifest, caption, ground and embed rows for `n` images written straight into the store."""
-    from pipeline.app.runner import make_stage
 
     fps = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground", "embed")}
     dim = make_stage("embed", config, store).schema.field("image_embed").type.list_size
@@ -123,7 +123,6 @@ def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: 
 
 def distance_child(root: str) -> None:
     """Run the distance stage (tiny profile) in this fresh process and print its peak RSS."""
-    from pipeline.app.runner import run_stage
 
     stats = run_stage("distance", resolve("tiny", {}, {"chunk_size": 1024}), Store(root))
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
@@ -153,7 +152,6 @@ def bench_embed_efficiency(n_images: int = 200, model: str = "ViT-B-16", batch_s
     from PIL import Image
 
     from pipeline.app.demo import scene
-    from pipeline.app.runner import make_stage, run_stage
 
     config = resolve(
         "tiny",
@@ -208,7 +206,6 @@ def bench_fit(
     n: int = 80_000, heads: tuple[str, ...] = ("mlp", "lightgbm"), seconds_per_image: float | None = None
 ) -> list[dict[str, Any]]:
     """Fit each head on `n` cached 768-d rows; compare with recomputing features every epoch."""
-    from pipeline.app.runner import make_stage, run_stage
     from pipeline.app.synthetic import write_synthetic
 
     out = []
@@ -253,7 +250,7 @@ def bench_cached(n_large: int = 100_000, n_small: int = 10_000) -> list[dict[str
             )
         )
         root = Path(tmp) / f"n{n_large}"
-        cli = [sys.executable, "-m", "pipeline.app.cli"]
+        cli = [sys.executable, "-m", "pipeline"]
         common = ["--data-dir", str(root), "--profile", "tiny", "--params", str(Path(tmp) / "params.yaml")]
         (Path(tmp) / "params.yaml").write_text("fit: {head: logreg}\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -262,16 +259,17 @@ def bench_cached(n_large: int = 100_000, n_small: int = 10_000) -> list[dict[str
         start = time.perf_counter()
         done = subprocess.run([*cli, "run", *common], env=env, check=True, capture_output=True, text=True)
         rerun_s = time.perf_counter() - start
-        if done.stdout.count("nothing to compute") != 5:
+        steps = stage_range("caption", "evaluate")
+        if done.stdout.count("nothing to compute") != len(steps):
             raise RuntimeError(f"`item run` was not a no-op: {done.stdout}")
         start = time.perf_counter()
-        for stage in (*FEATURE_STAGES, "fit", "evaluate"):
+        for stage in steps:
             subprocess.run([*cli, stage, *common], env=env, check=True, capture_output=True, text=True)
         separate_s = time.perf_counter() - start
         import polars as pl
 
         start = time.perf_counter()
-        for pattern in ("manifest", *(f"features/{s}/*" for s in FEATURE_STAGES)):
+        for pattern in ("manifest", *(f"features/{s}/*" for s in STAGES.feature_stages())):
             pl.scan_parquet(str(root / pattern / "part-*.parquet")).select("image_id").collect()
         scan_s = time.perf_counter() - start
         out.append(

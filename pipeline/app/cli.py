@@ -11,6 +11,22 @@ from typing import Annotated
 
 import typer
 
+from pipeline.app.api import predict as run_predict
+from pipeline.app.api import write_rows
+from pipeline.app.demo import make_images, make_unseen
+from pipeline.app.runner import compare, run_steps, stage_range, write_summary
+from pipeline.app.runner import status as stage_status
+from pipeline.engine.config import load_params, resolve
+from pipeline.engine.errors import UsageError
+from pipeline.engine.executors import make_executor
+from pipeline.engine.feature import SystemicError
+from pipeline.engine.log import setup_logging
+from pipeline.engine.registry import UnknownNameError
+from pipeline.engine.store import LockedError, Store, StoreError, check_parts
+from pipeline.method.evaluation import format_tables
+from pipeline.method.rows import all_models
+from stages.baselines import leakage_warning
+
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,11 +57,7 @@ def _setup(
     overrides: dict[str, dict] | None = None,
     **runtime,
 ):
-    from pipeline.engine.config import load_params, resolve
-    from pipeline.engine.log import setup_logging
-    from pipeline.engine.store import Store
-
-    # The resolved configuration (profile <- params.yaml <- overrides) and the store; params None: none.
+    """The resolved configuration (profile <- params.yaml <- overrides) and the store; params None: none."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     setup_logging(verbose)
     loaded = load_params(params)
@@ -70,7 +82,6 @@ def _progress(desc: str):
 
 def _run_steps(names: list[str], config, store, executor=None, retry_errors: bool = False, options=None):
     """Run stages in order through the orchestrator, with a progress bar each; print and record each."""
-    from pipeline.app.runner import run_steps, write_summary
 
     bars = []
 
@@ -119,7 +130,6 @@ Workers = Annotated[int | None, typer.Option(help="CPU workers of a local dask c
 
 def _with_executor(name: str, scheduler: str | None, workers: int | None, body) -> None:
     """Run `body(executor)` and close the executor (a dask cluster) afterwards."""
-    from pipeline.engine.executors import make_executor
 
     runner = make_executor(name, scheduler, workers)
     try:
@@ -177,7 +187,6 @@ def ingest(
 
 
 def _params_inputs(params: Path | None) -> list[str]:
-    from pipeline.engine.config import load_params
 
     inputs = load_params(params).get("inputs") or []
     if not inputs:
@@ -225,7 +234,6 @@ def run_all(
     """Run the stages from --from to --to in pipeline order, in one process (each computes only what is
     missing). The executor and --retry-errors apply to the per-image stages; --from ingest reads
     params.yaml's `inputs`."""
-    from pipeline.app.runner import stage_range
 
     names = stage_range(first, last)
     config, store = _setup(
@@ -280,7 +288,6 @@ def evaluate(
     0.5, AP, AUC, real/fake ACC, TPR at 1% and 5% FPR, and ACC at the calibrated threshold. Prints the
     ACC and AP tables in the paper's layout; writes every table (CSV + Markdown) and metrics.json to
     reports/."""
-    from pipeline.method.rows import all_models
 
     config, store = _setup(data_dir, profile, params, verbose)
     methods = [h.strip() for h in heads.split(",") if h.strip()] if heads else list(config.stage("evaluate").heads)
@@ -293,9 +300,6 @@ def evaluate(
 
 
 def _compare(methods: list[str], config, store) -> None:
-    from pipeline.app.runner import compare
-    from pipeline.method.evaluation import format_tables
-    from stages.baselines import leakage_warning
 
     results = compare(methods, config, store)
     typer.echo(format_tables(results, ("acc", "ap")))
@@ -305,7 +309,6 @@ def _compare(methods: list[str], config, store) -> None:
 
 
 def _print_evaluation(stage, store, metrics: tuple[str, ...] = ("acc", "ap", "acc_calibrated")) -> None:
-    from pipeline.method.evaluation import format_tables
 
     typer.echo(format_tables(stage.results, metrics))
     typer.echo(f"all tables and metrics.json: {store.reports}")
@@ -325,8 +328,6 @@ def predict(
     with the head's own model configuration, then writes one row per input file: image_id, path,
     score = P(fake) (calibrated), decision, caption, objects with their image-phrase cosine, status
     and error. Broken files get a row with the reason."""
-    from pipeline.app.api import predict as run_predict
-    from pipeline.app.api import write_rows
 
     _setup(data_dir, None, None, verbose)
     bars = []
@@ -364,7 +365,6 @@ def status(
 ) -> None:
     """Per stage under the current configuration: rows ok, rows in error (by reason) and manifest images
     still missing; other fingerprints present on disk are listed."""
-    from pipeline.app.runner import status as stage_status
 
     config, store = _setup(data_dir, profile, params, verbose)
     typer.echo(f"data: {store.root}  profile: {config.profile}")
@@ -387,11 +387,7 @@ def demo(
     profile (and on the robustness grid of its test images), evaluate, compare with the baselines,
     write the HTML report, and score a folder of unseen images: random-weight models, so the numbers
     only show that the pipeline works."""
-    from pipeline.app.api import predict as run_predict
-    from pipeline.app.api import write_rows
-    from pipeline.app.demo import make_images, make_unseen
     from pipeline.app.report import build as build_report
-    from pipeline.app.runner import stage_range
 
     config, store = _setup(data_dir, "tiny", None, verbose, chunk_size=64)
     start = time.perf_counter()
@@ -506,7 +502,6 @@ def check(
 ) -> None:
     """Read every part file under the data directory; report (or quarantine) the ones that are not
     readable Parquet with an image_id and status column."""
-    from pipeline.engine.store import check_parts
 
     _setup(data_dir, None, None, verbose)
     bad = check_parts(data_dir, quarantine=quarantine)
@@ -529,7 +524,6 @@ def bench(
     """Measure the speed figures (embed efficiency vs the bare model, no-op re-run over 100,000 cached
     images, head fits on 80,000 rows, distance memory at 10k vs 100k) and print each with its target."""
     from pipeline.app.bench import append_markdown, run_all, verdict
-    from pipeline.engine.log import setup_logging
 
     setup_logging(verbose)
     figures = run_all(only, rows)
@@ -542,10 +536,6 @@ def bench(
 
 
 def main() -> None:
-    from pipeline.engine.errors import UsageError
-    from pipeline.engine.feature import SystemicError
-    from pipeline.engine.registry import UnknownNameError
-    from pipeline.engine.store import LockedError, StoreError
 
     # What a user can act on is one line (with -v, its traceback too); any other exception is a bug
     # and keeps its traceback.

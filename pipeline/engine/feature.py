@@ -11,7 +11,6 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -22,6 +21,7 @@ from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
 from pipeline.engine.stage import (
     MANIFEST,
     MANIFEST_STAGE,
+    ChunkResult,
     RunStats,
     Stage,
     error_reason_kind,
@@ -37,14 +37,6 @@ class SystemicError(RuntimeError):
     """Every row of a batch failed the same way: a model or code problem, not bad input. Stops the run."""
 
 
-@dataclass
-class ChunkResult:
-    ok: int = 0
-    error: int = 0
-    written: bool = False
-    errors: dict[str, int] = field(default_factory=dict)
-
-
 class FeatureStage(Stage):
     """A stage whose output is one row per image under features/<name>/<fingerprint>/.
 
@@ -52,6 +44,7 @@ class FeatureStage(Stage):
     columns of the other inputs, joined by image_id), and implement `schema` and `process`.
     """
 
+    per_image = True
     driver_columns: ClassVar[tuple[str, ...]] = ()
     lookup_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 

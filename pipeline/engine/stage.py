@@ -16,15 +16,12 @@ import logging
 from abc import ABC
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pipeline.engine.config import PipelineConfig, as_dict
 from pipeline.engine.keys import short_hash
 from pipeline.engine.registry import Registry, UnknownNameError
 from pipeline.engine.store import PartDir, Store
-
-if TYPE_CHECKING:
-    from pipeline.engine.feature import ChunkResult
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +63,20 @@ class StageRegistry(Registry[type]):
 
     def feature_stages(self) -> list[str]:
         """The per-image feature stages in pipeline order (what `status` reports on)."""
-        from pipeline.engine.feature import FeatureStage
-
-        return [n for n in self.order() if issubclass(self.get(n), FeatureStage)]
+        return [n for n in self.order() if self.get(n).per_image]
 
 
 STAGES = StageRegistry("stage")
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk of a feature stage wrote."""
+
+    ok: int = 0
+    error: int = 0
+    written: bool = False
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +142,7 @@ class Stage(ABC):
     inputs: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1  # bump when the computation changes: a new fingerprint
     step: ClassVar[bool] = True  # part of the pipeline's order (`item run`); False for side jobs
+    per_image: ClassVar[bool] = False  # True for FeatureStage: one row per image, resumed by keys
 
     def __init__(self, config: PipelineConfig, store: Store) -> None:
         self.pipeline = config

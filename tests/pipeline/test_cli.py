@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def item(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.app.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -91,3 +91,32 @@ def test_demo_twice_recomputes_nothing(tmp_path):
     assert "broken.png" in first.stdout and "ingest: corrupt or truncated image" in first.stdout
     second = item("demo", "--data-dir", str(tmp_path / "d"), "--n-per-class", "3", cwd=tmp_path)
     assert "nothing recomputed: every stage was up to date" in second.stdout
+
+
+def test_run_from_ingest_takes_the_stage_options(tmp_path):
+    from pipeline.app.demo import make_images
+
+    images = make_images(tmp_path / "images", n_per_class=2)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"profile: tiny\ninputs: [{images}]\n")
+    common = ["--data-dir", str(tmp_path / "data"), "--params", str(params)]
+    run = item(
+        "run", "--from", "ingest", "--to", "distance", *common, "--chunk-size", "3", "--batch-size", "2", cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    announced = [line.split()[0] for line in run.stdout.splitlines() if "[" in line]
+    assert announced == ["ingest", "caption", "ground", "embed", "distance"]  # each stage once, in order
+    assert "computed 8 row(s): 8 ok" in run.stdout
+    parts = list((tmp_path / "data" / "features" / "caption").glob("*/part-*.parquet"))
+    assert len(parts) == 3  # --chunk-size reached the feature stages: 8 rows in chunks of 3
+    again = item("run", "--from", "caption", "--to", "distance", "--retry-errors", *common, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("nothing to compute") == 4
+
+
+def test_a_user_error_is_one_line_and_its_traceback_shows_with_verbose(tmp_path):
+    quiet = item("fit", "--data-dir", str(tmp_path), "--profile", "tiny", "--head", "nosuch", cwd=tmp_path)
+    assert quiet.returncode == 2 and "unknown head 'nosuch'" in quiet.stderr and "Traceback" not in quiet.stderr
+    loud = item("fit", "--data-dir", str(tmp_path), "--profile", "tiny", "--head", "nosuch", "-v", cwd=tmp_path)
+    assert loud.returncode == 2 and "Traceback" in loud.stderr
+    order = item("run", "--from", "fit", "--to", "caption", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert order.returncode == 2 and "ingest, caption, ground, embed, distance, fit, evaluate" in order.stderr

@@ -17,7 +17,7 @@ from pipeline.models import CAPTIONERS, GROUNDERS
 from pipeline.models.captioners import Blip2Captioner
 from pipeline.models.clip import ClipEncoder
 from pipeline.models.grounders import TransformersGroundingDino
-from pipeline.models.tiny import tiny_blip2, tiny_clip, tiny_grounding_dino
+from pipeline.models.tiny import build_tiny, tiny_blip2, tiny_clip, tiny_grounding_dino
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_other_captioners_from_a_local_directory_match_their_tiny_builds(tmp_pat
 
     tiny_cfg = dataclasses.replace(resolve("tiny").stage("caption"), backend=backend, model=f"tiny/{backend}")
     captioner = registry.get(backend)(tiny_cfg, "cpu")
-    model, processor = captioner.tiny(tiny_cfg.seed)
+    model, processor = build_tiny(backend, tiny_cfg.seed)
     model.save_pretrained(tmp_path / backend, safe_serialization=True)
     processor.save_pretrained(tmp_path / backend)
     local = dataclasses.replace(tiny_cfg, model=str(tmp_path / backend))
@@ -97,9 +97,13 @@ def test_center_crop_is_the_papers_224_crop(images):
 
 
 def test_every_registered_backend_is_listed():
-    from pipeline.models import captioners, grounders, groundingdino_py  # noqa: F401
+    from pipeline.models import ENCODERS
+    from pipeline.models.tiny import TINY
 
-    assert CAPTIONERS.names() == ["blip", "blip2", "llava"]
+    assert CAPTIONERS.names() == ["blip", "blip2", "column", "llava"]
+    assert ENCODERS.names() == ["open_clip"]
+    # every model backend has its tiny build (the column captioner has no model)
+    assert set(TINY.names()) == {"blip", "blip2", "llava", "grounding-dino", "clip"}
     assert GROUNDERS.names() == ["groundingdino-py", "transformers"]
     with pytest.raises(KeyError, match="unknown grounder 'glip'"):
         GROUNDERS.get("glip")
