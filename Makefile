@@ -14,7 +14,7 @@ OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
 # The environment's bin first on PATH: `dvc`, `item` and `python3` are the project's (dvc.yaml calls python3).
 OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: help install demo test bench soak lint ingest caption ground embed distance fit evaluate status check clean-demo
+.PHONY: help install demo test bench soak lint ingest caption ground embed distance fit evaluate report status check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ fit: $(ENV_STAMP) ## train the head on cached distance rows
 
 evaluate: $(ENV_STAMP) ## ACC and AP of the latest head
 	$(ITEM) evaluate $(OPTS)
+
+report: $(ENV_STAMP) ## the self-contained HTML report (data/reports/report.html)
+	$(ITEM) report $(OPTS)
 
 status: $(ENV_STAMP) ## rows ok / error / missing per stage
 	$(ITEM) status $(OPTS)

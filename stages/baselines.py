@@ -28,7 +28,7 @@ import polars as pl
 
 from pipeline.engine.config import as_dict
 from pipeline.engine.errors import UsageError
-from pipeline.engine.job import Job, Progress
+from pipeline.engine.job import Job
 from pipeline.engine.registry import Registry
 from pipeline.engine.stage import STAGES, RunStats
 from pipeline.method.evaluation import evaluate_scores
@@ -57,7 +57,8 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
+def unit32(x: np.ndarray) -> np.ndarray:
+    """Unit rows as float32 (what the probes train on)."""
     return unit(x).astype(np.float32)
 
 
@@ -72,12 +73,12 @@ def _stage_rows(job: BaselinesJob, stage: str, columns: list[str]) -> tuple[str,
 
 def image_embedding(job: BaselinesJob) -> tuple[str, pl.DataFrame, np.ndarray]:
     fp, frame = _stage_rows(job, "embed", ["image_embed"])
-    return fp, frame.select("image_id"), unit_rows(frame["image_embed"].to_numpy())
+    return fp, frame.select("image_id"), unit32(frame["image_embed"].to_numpy())
 
 
 def image_and_caption(job: BaselinesJob) -> tuple[str, pl.DataFrame, np.ndarray]:
     fp, frame = _stage_rows(job, "embed", ["image_embed", "text_embed"])
-    x = np.concatenate([unit_rows(frame["image_embed"].to_numpy()), unit_rows(frame["text_embed"].to_numpy())], 1)
+    x = np.concatenate([unit32(frame["image_embed"].to_numpy()), unit32(frame["text_embed"].to_numpy())], 1)
     return fp, frame.select("image_id"), x
 
 
@@ -144,15 +145,15 @@ class BaselinesJob(Job):
     def label(self) -> str:
         return ",".join(m.name for m in self.methods)
 
-    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+    def compute(self, stats: RunStats) -> None:
+        self.begin(len(self.methods))
         for method in self.methods:
             model_name, rows, scores = self.scores_for(method)
             result = evaluate_scores(model_name, rows, scores, 0.5)
             result["method"] = method.name
             self.results.append(result)
             stats.ok += len(rows)
-            if progress is not None:
-                progress(len(rows))
+            self.advance(1)
 
     def scores_for(self, method: Method) -> tuple[str, pl.DataFrame, np.ndarray]:
         """Train the method on the train split if it learns (or reuse its saved head); score the split.

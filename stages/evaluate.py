@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine.errors import UsageError
-from pipeline.engine.job import Job, Progress
+from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
 from pipeline.method.evaluation import evaluate_head, evaluation_key
 from pipeline.method.heads import FittedHead
@@ -36,7 +36,15 @@ class EvaluateStage(Job):
     def label(self) -> str:
         return ",".join(Path(m).name for m in self.models or [latest_model(self.store)])
 
-    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+    def summary(self) -> dict[str, Any] | None:
+        """The first head's metrics under stable keys (`all.acc`, `mean.ap`, ...), for `dvc metrics` and
+        `dvc exp show`: the head's folder name is a value, never part of a key."""
+        if not getattr(self, "results", None):
+            return None
+        r = self.results[0]
+        return {"model": r["model"], "head": r.get("head"), "split": r["split"], "all": r["all"], "mean": r["mean"]}
+
+    def compute(self, stats: RunStats) -> None:
         models = self.models or [latest_model(self.store)]
         self.results = []
         for model in models:

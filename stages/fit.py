@@ -14,7 +14,7 @@ import polars as pl
 
 from pipeline.engine.config import as_dict
 from pipeline.engine.errors import UsageError
-from pipeline.engine.job import Job, Progress
+from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
 from pipeline.method.heads import CONFIG, HEADS, calibrate, feature_matrix, save_head
 from pipeline.method.rows import LATEST, labelled_rows, latest_model, rows_digest, to_numpy
@@ -79,7 +79,7 @@ class FitStage(Job):
             to_numpy(rows["d_global"]), to_numpy(rows["d_local"]), self.cfg.features, self.cfg.w1, self.cfg.w2
         )
 
-    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+    def compute(self, stats: RunStats) -> None:
         start = time.perf_counter()
         target = self.model_dir
         if (target / CONFIG).exists():

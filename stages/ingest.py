@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.engine.job import Job, Progress
+from pipeline.engine.job import Job
 from pipeline.engine.probe import Prober
 from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
 from pipeline.engine.sources import LAYOUTS, Source, derived_split, discover
@@ -65,15 +65,16 @@ class IngestStage(Job):
     def summary(self) -> dict[str, Any]:
         return part_summary(self.name, self.fingerprint, self.store.manifest)
 
-    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+    def compute(self, stats: RunStats) -> None:
         with self.store.manifest.lock("ingest"):
-            self._ingest(stats, progress)
+            self._ingest(stats)
 
-    def _ingest(self, stats: RunStats, progress: Progress | None) -> None:
+    def _ingest(self, stats: RunStats) -> None:
         seen = self._seen_files()
         known_ids = self.store.manifest.ids()
         todo = [s for s in self.sources() if not self._unchanged(s, seen)]
         stats.todo = len(todo)
+        self.begin(len(todo))
         if not todo:
             log.info("ingest: nothing new to ingest")
         chunk = self.runtime.chunk_size
@@ -101,8 +102,7 @@ class IngestStage(Job):
                         [self._source_row(s, r) for s, r in zip(sources, probed, strict=True)], schema=SOURCES
                     )
                 )
-                if progress is not None:
-                    progress(len(probed))
+                self.advance(len(probed))
         duplicates = stats.todo - stats.ok - stats.error
         if duplicates:
             log.info("ingest: %d file(s) repeat bytes already in the manifest (recorded in sources/)", duplicates)

@@ -15,7 +15,7 @@ import polars as pl
 
 from pipeline.engine.errors import UsageError
 from pipeline.engine.imageio import load_rgb
-from pipeline.engine.job import Job, Progress
+from pipeline.engine.job import Job
 from pipeline.engine.sources import Source
 from pipeline.engine.stage import STAGES, RunStats
 from pipeline.method.perturbations import GRID, apply, label
@@ -54,7 +54,7 @@ class PerturbJob(Job):
     def label(self) -> str:
         return str(self.out)
 
-    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+    def compute(self, stats: RunStats) -> None:
         manifest = (
             pl.from_arrow(self.store.manifest.read())
             .filter((pl.col("status") == "ok") & (pl.col("split") == self.split) & pl.col("perturbation").is_null())
@@ -62,6 +62,7 @@ class PerturbJob(Job):
             .sort("image_id")
         )
         max_pixels = self.pipeline.stage("ingest").max_image_pixels
+        self.begin(manifest.height)
         for row in manifest.iter_rows(named=True):
             image = None
             for kind in self.kinds:
@@ -88,8 +89,7 @@ class PerturbJob(Job):
                             perturbation=name,
                         )
                     )
-            if progress is not None:
-                progress(1)
+            self.advance(1)
         stats.todo = len(self.sources)
 
     @staticmethod

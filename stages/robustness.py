@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.engine.job import Job, Progress
+from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
 from pipeline.method.evaluation import evaluate_scores
 from pipeline.method.heads import FittedHead
@@ -35,7 +35,7 @@ class RobustnessJob(Job):
     def label(self) -> str:
         return (self.model or latest_model(self.store)).name
 
-    def compute(self, stats: RunStats, progress: Progress | None) -> None:
+    def compute(self, stats: RunStats) -> None:
         head = FittedHead(self.model or latest_model(self.store))
         distance_fp = head.config["features"]["fingerprint"]
         derived = labelled_rows(self.store, distance_fp, perturbation="*")

@@ -17,6 +17,7 @@ import polars as pl
 from pipeline.app.runner import make_stage
 from pipeline.engine.config import PipelineConfig, resolve
 from pipeline.engine.errors import UsageError
+from pipeline.engine.progress import Progress
 from pipeline.engine.stage import STAGES
 from pipeline.engine.store import Store
 from pipeline.method.heads import FittedHead
@@ -37,7 +38,7 @@ def predict(
     model: str | Path | None = None,
     data_dir: str | Path = "data",
     runtime: dict[str, Any] | None = None,
-    progress: Callable[[str], Callable[[int], None] | None] | None = None,
+    progress: Callable[[str], Progress | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every file under `paths` (folders, globs, CSV/Parquet lists, image files).
 

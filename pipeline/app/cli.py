@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ import typer
 from pipeline.app.api import predict as run_predict
 from pipeline.app.api import write_rows
 from pipeline.app.demo import make_images, make_unseen
+from pipeline.app.progress import ProgressBar
 from pipeline.app.runner import compare, run_steps, stage_range, write_summary
 from pipeline.app.runner import status as stage_status
 from pipeline.engine.config import load_params, resolve
@@ -69,37 +69,45 @@ def _setup(
     return config, Store(data_dir)
 
 
-def _progress(desc: str):
-    from tqdm import tqdm
+class _Bars:
+    """One progress bar per stage (tqdm on a terminal, a periodic log line elsewhere), with log lines
+    redirected through tqdm while bars are open so they do not break them."""
 
-    bar = tqdm(desc=desc, unit="img", dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
+    UNITS = {"ingest": "file", "baselines": "method"}
 
-    def update(n: int) -> None:
-        bar.update(n)
+    def __init__(self) -> None:
+        self.open: list[ProgressBar] = []
 
-    return bar, update
+    def __call__(self, name: str) -> ProgressBar:
+        bar = ProgressBar(name, self.UNITS.get(name, "img"))
+        self.open.append(bar)
+        return bar
+
+    def __enter__(self) -> _Bars:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._redirect = logging_redirect_tqdm()  # the root logger's console handler writes through tqdm
+        self._redirect.__enter__()
+        return self
+
+    def close_all(self) -> None:
+        while self.open:
+            self.open.pop().close()
+
+    def __exit__(self, *exc) -> None:
+        self.close_all()
+        self._redirect.__exit__(*exc)
 
 
 def _run_steps(names: list[str], config, store, executor=None, retry_errors: bool = False, options=None):
     """Run stages in order through the orchestrator, with a progress bar each; print and record each."""
-
-    bars = []
-
-    def progress(name: str):
-        bar, update = _progress(name)
-        bars.append(bar)
-        return update
-
     done = []
-    try:
-        for stage, stats in run_steps(names, config, store, progress, executor, retry_errors, options):
-            bars.pop().close()
+    with _Bars() as bars:
+        for stage, stats in run_steps(names, config, store, bars, executor, retry_errors, options):
+            bars.close_all()
             _report(stats)
             write_summary(stage)
             done.append((stage, stats))
-    finally:
-        for bar in bars:
-            bar.close()
     return done
 
 
@@ -330,24 +338,14 @@ def predict(
     and error. Broken files get a row with the reason."""
 
     _setup(data_dir, None, None, verbose)
-    bars = []
-
-    def progress(name: str):
-        bar, update = _progress(name)
-        bars.append(bar)
-        return update
-
-    try:
+    with _Bars() as bars:
         rows = run_predict(
             inputs,
             model=model,
             data_dir=data_dir,
-            progress=progress,
+            progress=bars,
             runtime={"device": device, "batch_size": batch_size},
         )
-    finally:
-        for bar in bars:
-            bar.close()
     write_rows(rows, out)
     n_fake = sum(r["decision"] == "fake" for r in rows)
     n_err = sum(r["status"] == "error" for r in rows)

@@ -18,13 +18,12 @@ from pipeline.engine.config import PipelineConfig
 from pipeline.engine.errors import UsageError
 from pipeline.engine.executors import Executor
 from pipeline.engine.feature import FeatureStage
+from pipeline.engine.progress import Progress
 from pipeline.engine.stage import STAGES, RunStats, Stage, error_reason_kind
 from pipeline.engine.store import Store
 from pipeline.method.metrics import LABELS, table
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int], None]
 
 
 def pipeline_order() -> list[str]:
@@ -77,7 +76,7 @@ def run_steps(
     """Run `names` in the order given, yielding each stage and its stats as it finishes.
 
     Args:
-        progress: name -> row counter callback (a progress bar), or None.
+        progress: stage name -> its Progress (a progress bar), or None.
         options: per stage name, its constructor options (ingest's inputs, evaluate's models).
     """
     for name in names:

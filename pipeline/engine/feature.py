@@ -6,6 +6,7 @@ config class and how to turn a batch of input rows into output rows. Everything 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import abstractmethod
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.engine.executors import Executor, InProcessExecutor
+from pipeline.engine.progress import Progress
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
 from pipeline.engine.stage import (
     MANIFEST,
@@ -104,14 +106,26 @@ class FeatureStage(Stage):
         self,
         ids: Iterable[str] | None = None,
         executor: Executor | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
         retry_errors: bool = False,
     ) -> RunStats:
         out = self.store.features(self.name, self.fingerprint)
-        if not out.path.is_dir() and not self.todo(ids):  # nothing to do: leave no empty folder behind
+        new = not out.path.is_dir()
+        if new and not self.todo(ids):  # nothing to do: leave no empty folder behind
             return RunStats(self.name, self.fingerprint)
-        with out.lock(f"{self.name} [{self.fingerprint}]"):
-            return self._run_locked(ids, executor, progress, retry_errors)
+        try:
+            with out.lock(f"{self.name} [{self.fingerprint}]"):
+                return self._run_locked(ids, executor, progress, retry_errors)
+        except BaseException:
+            # A run that failed before its first part (a model that cannot load) leaves no empty
+            # configuration folder behind for `status` to list.
+            if new and not out.parts():
+                for leftover in ("config.json", ".lock"):
+                    (out.path / leftover).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out.path.rmdir()
+                    out.path.parent.rmdir()  # features/<stage>/, if this was its only configuration
+            raise
 
     def _run_locked(self, ids, executor, progress, retry_errors: bool) -> RunStats:
         start = time.perf_counter()
@@ -120,18 +134,22 @@ class FeatureStage(Stage):
         todo = self.todo(ids, retry_errors)
         stats.todo = len(todo)
         if not todo:
-            log.info("%s [%s]: nothing to compute", self.name, fp)
+            log.debug("%s [%s]: nothing to compute", self.name, fp)
             stats.seconds = time.perf_counter() - start
             return stats
         out = self.output
         out.write_config(self.identity())
-        log.info("%s [%s]: %d image(s) to compute", self.name, fp, len(todo))
+        log.debug("%s [%s]: %d image(s) to compute", self.name, fp, len(todo))
+        if progress is not None:
+            progress.start(len(todo))
         executor = executor or InProcessExecutor()
         for attempt in range(3):
-            for result in executor.map(ChunkTask(self), self.chunks(set(todo))):
+            # In this process the chunk reports each batch as it finishes; a remote chunk, when it is done.
+            task = ChunkTask(self, on_rows=progress.advance if progress is not None else None)
+            for result in executor.map(task, self.chunks(set(todo))):
                 stats.add(result)
-                if progress is not None:
-                    progress(result.ok + result.error)
+                if progress is not None and not result.reported:
+                    progress.advance(result.ok + result.error)
             # A distributed run can lose a chunk (a worker died after its retries ran out): check by keys.
             todo = self.todo(ids, retry_errors=False) if not retry_errors else []
             if not todo:
@@ -174,8 +192,11 @@ class FeatureStage(Stage):
                 chunk = chunk.append_column(field_, column)
         return chunk
 
-    def run_chunk(self, item: tuple[str, pa.Table]) -> ChunkResult:
-        """Compute one chunk and write it as one part file named `item[0]` (what an executor's worker runs)."""
+    def run_chunk(self, item: tuple[str, pa.Table], on_rows: Callable[[int], None] | None = None) -> ChunkResult:
+        """Compute one chunk and write it as one part file named `item[0]` (what an executor's worker runs).
+
+        `on_rows(n)` is called as rows finish (per batch), when the caller is in this process.
+        """
         name, chunk = item
         self.setup()
         rows: list[dict[str, Any]] = []
@@ -188,6 +209,8 @@ class FeatureStage(Stage):
                 rows.append({"image_id": row["image_id"], "status": STATUS_ERROR, "error": reason})
         good = chunk.take(pa.array(ok_idx, pa.int64()))
         out = [self._rows_table(rows)] if rows else []
+        if on_rows is not None and rows:
+            on_rows(len(rows))
         batches = [good.slice(start, self.batch_size) for start in range(0, good.num_rows, self.batch_size)]
         # Decoding and preprocessing of the next batch run in a thread while the model works on this one.
         with ThreadPoolExecutor(1) as loader:
@@ -197,6 +220,8 @@ class FeatureStage(Stage):
                 if k + 1 < len(batches):
                     pending = loader.submit(self.prepare, batches[k + 1])
                 out.append(self._process_isolated(batch, prepared))
+                if on_rows is not None:
+                    on_rows(batch.num_rows)
         table = pa.concat_tables(out) if out else self.schema.empty_table()
         written = self.output.write(table, metadata=self.identity(), name=name)
         status = table.column("status").to_pylist()
@@ -206,7 +231,13 @@ class FeatureStage(Stage):
                 kind = error_reason_kind(e)
                 errors[kind] = errors.get(kind, 0) + 1
         n_err = sum(errors.values())
-        return ChunkResult(ok=len(status) - n_err, error=n_err, written=written is not None, errors=errors)
+        return ChunkResult(
+            ok=len(status) - n_err,
+            error=n_err,
+            written=written is not None,
+            errors=errors,
+            reported=on_rows is not None,
+        )
 
     @property
     def batch_size(self) -> int:
@@ -280,17 +311,18 @@ _STAGE_CACHE: dict[tuple[str, str, str], FeatureStage] = {}
 class ChunkTask:
     """The picklable work function an executor ships: the stage's class, configuration and data root,
     never a model. The class pickles by reference, so a worker imports its module (and the `stages`
-    package registers every stage) on its own."""
+    package registers every stage) on its own. `on_rows` (progress) stays in this process."""
 
-    def __init__(self, stage: FeatureStage) -> None:
+    def __init__(self, stage: FeatureStage, on_rows: Callable[[int], None] | None = None) -> None:
         self.cls = type(stage)
         self.config = stage.pipeline
         self.root = str(stage.store.root)
         self.key = (stage.name, stage.fingerprint, self.root)
+        self.on_rows = on_rows
         _STAGE_CACHE.setdefault(self.key, stage)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cls": self.cls, "config": self.config, "root": self.root, "key": self.key}
+        return {"cls": self.cls, "config": self.config, "root": self.root, "key": self.key, "on_rows": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -301,7 +333,7 @@ class ChunkTask:
         return _STAGE_CACHE[self.key]
 
     def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
-        return self.stage().run_chunk(item)
+        return self.stage().run_chunk(item, self.on_rows)
 
 
 def _free_gpu_memory(error: Exception) -> None:

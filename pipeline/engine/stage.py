@@ -77,6 +77,7 @@ class ChunkResult:
     error: int = 0
     written: bool = False
     errors: dict[str, int] = field(default_factory=dict)
+    reported: bool = False  # its rows were already passed to the caller's progress, batch by batch
 
 
 @dataclass

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
 
 # Model loads in this process, by backend: a dask worker must show one per model however many chunks it ran.
@@ -68,6 +71,28 @@ def shared_backend(kind: str, factory: Callable[[Any, str], Any], cfg: Any, devi
     if key not in _BACKENDS:
         _BACKENDS[key] = factory(cfg, device)
     return _BACKENDS[key]
+
+
+@contextmanager
+def loading(stage: str, model: str, revision: str | None = None) -> Iterator[None]:
+    """Turn a failure to load a stage's model into one line that says which model, where it was
+    looked for and how to point the configuration elsewhere (the traceback stays under -v)."""
+    try:
+        yield
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300].rstrip(".")
+        local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+        if local:
+            where = f"the local path {model}"
+        else:
+            home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            where = f"the Hugging Face hub id {model!r} (revision {revision or 'default'}; cache {home}{offline})"
+        raise UsageError(
+            f"{stage}: cannot load the model from {where}: {type(e).__name__}: {first}. Download it, or set "
+            f"`{stage}.model` in params.yaml to a local directory; `--profile tiny` runs offline with small "
+            "random-weight models."
+        ) from e
 
 
 def resolve_device(device: str) -> str:

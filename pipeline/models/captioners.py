@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX, CaptionConfig
-from pipeline.models import CAPTIONERS, LOAD_COUNTS, resolve_device, torch_dtype
+from pipeline.models import CAPTIONERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class TransformersCaptioner:
 
     def load(self) -> None:
         """Load the model now (the stage calls this before its first chunk)."""
-        _ = self._loaded
+        with loading("caption", self.cfg.model, self.cfg.revision):
+            _ = self._loaded
 
     def caption(self, images: list) -> list[str | None]:
         """Captions for a batch of RGB PIL images, stripped of whitespace (the prompt not repeated)."""

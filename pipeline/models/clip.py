@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX, EmbedConfig
 from pipeline.engine.errors import UsageError
-from pipeline.models import ENCODERS, LOAD_COUNTS, resolve_device, torch_dtype
+from pipeline.models import ENCODERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import CLIP_CONFIG, build_tiny
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class ClipEncoder:
         return model, preprocess, open_clip.get_tokenizer(name)
 
     def load(self) -> None:
-        _ = self._loaded
+        """Load the model now (the stage calls this before its first chunk)."""
+        with loading("embed", f"{self.cfg.model} ({self.cfg.pretrained})", None):
+            _ = self._loaded
 
     @property
     def input_size(self) -> int:

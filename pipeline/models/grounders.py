@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.config import TINY_PREFIX, GroundConfig
-from pipeline.models import GROUNDERS, LOAD_COUNTS, resolve_device, torch_dtype
+from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,9 @@ class TransformersGroundingDino:
         return model.to(device=self.device, dtype=dtype).eval(), processor
 
     def load(self) -> None:
-        _ = self._loaded
+        """Load the model now (the stage calls this before its first chunk)."""
+        with loading("ground", self.cfg.model, self.cfg.revision):
+            _ = self._loaded
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
         import torch

@@ -5,8 +5,9 @@
 groundingdino executes this Python file, so only point it at a file you trust), and
 `text_encoder` the BERT it loads (hub id or local directory).
 
-groundingdino-py 0.4 calls three BertModel methods that transformers 5 removed; the shim below
-restores them with their transformers 4 semantics (GroundingDINO never passes head masks).
+groundingdino-py 0.4 calls three BertModel methods that transformers 5 removed, and passes
+BertEmbeddings a keyword that 5.24 renamed; the shim below restores them with their transformers 4
+semantics (GroundingDINO never passes head masks).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine.config import GroundConfig
-from pipeline.models import GROUNDERS, LOAD_COUNTS, resolve_device
+from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device
 from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,33 @@ def _head_mask(self, head_mask, num_hidden_layers, is_attention_chunked=False):
     return [None] * num_hidden_layers
 
 
+def _embeddings_accepting_past_length(forward):
+    """BertEmbeddings.forward that also takes transformers 4's `past_key_values_length` (5.24 renamed
+    it `cache_length`); groundingdino-py passes it by the old name."""
+    import functools
+    import inspect
+
+    if "past_key_values_length" in inspect.signature(forward).parameters:
+        return forward
+
+    @functools.wraps(forward)
+    def wrapped(self, *args, past_key_values_length: int = 0, **kwargs):
+        if past_key_values_length and "cache_length" not in kwargs:
+            kwargs["cache_length"] = past_key_values_length
+        return forward(self, *args, **kwargs)
+
+    return wrapped
+
+
 def apply_compat_shim() -> None:
-    """Idempotently add the removed mask helpers back onto transformers' BertModel."""
+    """Idempotently add the removed mask helpers back onto transformers' BertModel, and the old
+    keyword onto BertEmbeddings."""
     from transformers import BertModel
+    from transformers.models.bert.modeling_bert import BertEmbeddings
 
     if getattr(BertModel, _SHIM_FLAG, False):
         return
+    BertEmbeddings.forward = _embeddings_accepting_past_length(BertEmbeddings.forward)
     for name, fn in (
         ("get_extended_attention_mask", _extended_attention_mask),
         ("invert_attention_mask", _invert_attention_mask),
@@ -105,7 +127,9 @@ class GroundingDinoPy:
         return model.eval().to(self.device)
 
     def load(self) -> None:
-        _ = self.model
+        """Load the model now (the stage calls this before its first chunk)."""
+        with loading("ground", self.cfg.model, self.cfg.revision):
+            _ = self.model
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
         import groundingdino.datasets.transforms as T

@@ -120,3 +120,18 @@ def test_a_user_error_is_one_line_and_its_traceback_shows_with_verbose(tmp_path)
     assert loud.returncode == 2 and "Traceback" in loud.stderr
     order = item("run", "--from", "fit", "--to", "caption", "--data-dir", str(tmp_path), cwd=tmp_path)
     assert order.returncode == 2 and "ingest, caption, ground, embed, distance, fit, evaluate" in order.stderr
+
+
+def test_the_paper_profile_without_weights_fails_in_one_line_and_leaves_nothing(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 48), (20, 30, 40)).save(tmp_path / "in" / "a.png")
+    data = tmp_path / "data"
+    assert item("ingest", str(tmp_path / "in"), "--data-dir", str(data), cwd=tmp_path).returncode == 0
+    out = item("caption", "--data-dir", str(data), "--profile", "paper", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'Salesforce/blip2-opt-2.7b'" in errors[0]
+    assert "params.yaml" in errors[0] and "--profile tiny" in errors[0]
+    assert not (data / "features" / "caption").exists()  # no empty configuration folder for `status`
