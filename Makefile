@@ -16,8 +16,11 @@ OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH
 
 .PHONY: help install demo test bench soak lint ingest caption ground embed distance fit evaluate report status check clean-demo
 
-help: ## list the targets
+help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "variables: DATA=dir (data root, default data)  PROFILE=name (default: params.yaml's)"
+	@echo "           INPUTS=\"folders or lists\" (make ingest)  QUARANTINE=1 (make check)"
+	@echo "           PYTHON=python3 (makes the environment)  VENV=.venv (where it lives)"
 
 install: $(ENV_STAMP) ## make the project environment .venv (torch from the registry, uncapped); done by every target
 

@@ -67,7 +67,7 @@ class EvaluateStage(Job):
         key = evaluation_key(model_dir.name, split, self.cfg.threshold, keys)
         cached = model_dir / "metrics.json"
         if cached.exists() and json.loads(cached.read_text()).get("key") == key:
-            log.info("evaluate: %s on %s is up to date", model_dir.name, split)
+            log.debug("evaluate: %s on %s is up to date", model_dir.name, split)
             return json.loads(cached.read_text()), False
         rows = labelled_rows(self.store, distance_fp, split)
         result = {

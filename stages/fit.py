@@ -83,7 +83,7 @@ class FitStage(Job):
         start = time.perf_counter()
         target = self.model_dir
         if (target / CONFIG).exists():
-            log.info("fit [%s]: head already fitted at %s", self.fingerprint, target)
+            log.debug("fit [%s]: head already fitted at %s", self.fingerprint, target)
         else:
             train = self.vectors(self.cfg.train_split)
             labels = train["label"].to_numpy()
@@ -116,7 +116,7 @@ class FitStage(Job):
                 },
             )
             stats.ok = len(labels)
-            log.info(
+            log.debug(
                 "fit [%s]: %s trained on %d rows in %.1fs -> %s",
                 self.fingerprint,
                 self.cfg.head,

@@ -8,6 +8,7 @@ ok, or error with the reason) for a new image, or, for bytes already in the mani
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -40,10 +41,14 @@ class IngestStage(Job):
         generator: str | None = None,
         split: str | None = None,
         sources: list[Source] | None = None,
+        unassigned: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
         LAYOUTS.get(layout)  # an unknown layout fails before any work
+        # Images to score (predict) belong to no generator and no split: they must not show up in
+        # group-bys or in the train/val/test splits.
+        self.unassigned = unassigned
         self.given = sources
         self.paths = list(inputs)
         self.options = {"dataset": dataset, "layout": layout, "generator": generator, "split": split}
@@ -51,6 +56,8 @@ class IngestStage(Job):
     def sources(self) -> list[Source]:
         """The files the inputs name (or the sources given), in order (a path listed twice is one file)."""
         found = self.given if self.given is not None else discover(self.paths, **self.options)
+        if self.unassigned:
+            found = (dataclasses.replace(s, label=None, generator=None, split=None) for s in found)
         return list({s.path: s for s in found}.values())
 
     def image_ids(self, sources: list[Source]) -> list[str | None]:
@@ -76,7 +83,7 @@ class IngestStage(Job):
         stats.todo = len(todo)
         self.begin(len(todo))
         if not todo:
-            log.info("ingest: nothing new to ingest")
+            log.debug("ingest: nothing new to ingest")
         chunk = self.runtime.chunk_size
         with Prober(self.runtime.loader_threads, self.cfg.decode_timeout, self.cfg.max_image_pixels) as prober:
             for i in range(0, len(todo), chunk):
@@ -133,7 +140,7 @@ class IngestStage(Job):
             "perturbation": source.perturbation,
             **probe,
         }
-        if row["split"] is None:
+        if row["split"] is None and not self.unassigned:
             row["split"] = derived_split(row["image_id"], self.cfg.split_fractions)
         return row
 

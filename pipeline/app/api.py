@@ -6,7 +6,10 @@ rows = predict(["photos/", "more/*.jpg"], data_dir="data")
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -47,9 +50,11 @@ def predict(
     phrase), status and error. Files that cannot be scored get status "error" and the reason.
     """
     store = Store(data_dir)
-    head = FittedHead(Path(model) if model else latest_model(store))
+    head = load_head(Path(model) if model else latest_model(store))
     config = head_pipeline(head, runtime)
-    ingest = make_stage("ingest", config, store, inputs=list(paths), dataset="predict")
+    ingest = make_stage("ingest", config, store, inputs=list(paths), dataset="predict", unassigned=True)
+    if not ingest.sources():
+        raise UsageError(f"no files to score under {', '.join(str(p) for p in paths)}")
     ingest.run(progress=progress("ingest") if progress else None)
     sources = ingest.sources()
     ids = ingest.image_ids(sources)
@@ -68,7 +73,20 @@ def predict(
     rows = [
         _output_row(source.path, image_id, by_id.get(image_id)) for source, image_id in zip(sources, ids, strict=True)
     ]
-    return decide(rows, head.calibration["threshold"])
+    return decide(rows, head.calibration["threshold"], head.name)
+
+
+def load_head(directory: Path) -> FittedHead:
+    """A fitted ITEM head from its folder, or one clear error saying what the folder lacks."""
+    if not (directory / "config.json").is_file():
+        raise UsageError(f"--model {directory}: no fitted head there (a head folder under models/ holds config.json)")
+    head = FittedHead(directory)
+    if "pipeline" not in head.config:
+        raise UsageError(
+            f"--model {directory}: a baseline ({head.config.get('method', '?')}), not an ITEM head: predict "
+            "scores with heads made by `item fit`"
+        )
+    return head
 
 
 def _collect(store: Store, stages: dict[str, Any], ids: set[str]) -> pl.DataFrame:
@@ -138,22 +156,70 @@ def _output_row(path: str, image_id: str | None, row: dict[str, Any] | None) -> 
     return out
 
 
-def decide(rows: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    """Fill `decision` from `score` at `threshold`."""
+def decide(rows: list[dict[str, Any]], threshold: float, head: str) -> list[dict[str, Any]]:
+    """Fill `decision` from `score` at `threshold`; every row names the head and the threshold used."""
     for row in rows:
+        row["threshold"], row["head"] = threshold, head
         if row["score"] is not None:
             row["decision"] = "fake" if row["score"] >= threshold else "real"
     return rows
 
 
-def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
-    """CSV (objects as JSON text) or JSON, by the file's extension."""
-    import json
+OUTPUT_FORMATS = (".csv", ".json", ".jsonl", ".parquet")
+OBJECT = pl.Struct({"phrase": pl.String, "box": pl.List(pl.Float64), "score": pl.Float64, "cosine": pl.Float64})
+ROW_SCHEMA = {
+    "image_id": pl.String,
+    "path": pl.String,
+    "score": pl.Float64,
+    "decision": pl.String,
+    "threshold": pl.Float64,
+    "head": pl.String,
+    "caption": pl.String,
+    "objects": pl.List(OBJECT),
+    "status": pl.String,
+    "error": pl.String,
+}
 
+
+def check_output(out: str | Path) -> None:
+    """Refuse an output path predict cannot write, before any work: `-` (JSON lines on stdout) or a
+    file ending in .csv, .json, .jsonl or .parquet whose folder exists or can be made."""
+    if str(out) == "-":
+        return
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise UsageError(f"--out must end in {', '.join(OUTPUT_FORMATS)} (or be - for stdout), got {out.name}")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file name")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out}: cannot write under {parent}")
+
+
+def rows_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The rows with an explicit schema (an error row anywhere, first or last, has the same columns)."""
+    return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def write_rows(rows: list[dict[str, Any]], out: str | Path) -> None:
+    """By the name: CSV (objects as JSON text), JSON, JSON lines, Parquet, or `-` (JSON lines on stdout)."""
+    check_output(out)
+    if str(out) == "-":
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+        return
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=2) + "\n")
-    elif out.suffix.lower() == ".csv":
-        pl.DataFrame([{**r, "objects": json.dumps(r["objects"])} for r in rows]).write_csv(out)
+    suffix = out.suffix.lower()
+    tmp = out.with_name(f".{out.name}.tmp")
+    if suffix == ".json":
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    elif suffix == ".jsonl":
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".csv":
+        frame = rows_frame(rows).with_columns(
+            pl.Series("objects", [json.dumps(r["objects"]) for r in rows], dtype=pl.String)
+        )
+        frame.write_csv(tmp)
     else:
-        raise UsageError(f"--out must end in .csv or .json, got {out.name}")
+        rows_frame(rows).write_parquet(tmp)
+    os.replace(tmp, out)  # complete or absent

@@ -10,13 +10,13 @@ from typing import Annotated
 
 import typer
 
+from pipeline.app.api import check_output, write_rows
 from pipeline.app.api import predict as run_predict
-from pipeline.app.api import write_rows
 from pipeline.app.demo import make_images, make_unseen
 from pipeline.app.progress import ProgressBar
 from pipeline.app.runner import compare, run_steps, stage_range, write_summary
 from pipeline.app.runner import status as stage_status
-from pipeline.engine.config import load_params, resolve
+from pipeline.engine.config import PROFILES, load_params, resolve
 from pipeline.engine.errors import UsageError
 from pipeline.engine.executors import make_executor
 from pipeline.engine.feature import SystemicError
@@ -28,7 +28,7 @@ from pipeline.method.rows import all_models
 from stages.baselines import leakage_warning
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # item --install-completion / --show-completion
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="ITEM: detect AI-generated images by image-text misalignment. Each stage reads and writes "
@@ -37,10 +37,32 @@ app = typer.Typer(
 )
 log = logging.getLogger("item")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+
+        typer.echo(f"item {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """ITEM: detect AI-generated images by image-text misalignment."""
+
+
 DataDir = Annotated[Path, typer.Option("--data-dir", "-d", envvar="ITEM_DATA_DIR", help="Data root.")]
 Profile = Annotated[
     str | None,
-    typer.Option("--profile", "-p", help="Model profile: paper | tiny (default: params.yaml's, else paper)."),
+    typer.Option(
+        "--profile",
+        "-p",
+        help=f"Model profile: {' | '.join(PROFILES.names())} (default: params.yaml's, else paper).",
+    ),
 ]
 Params = Annotated[Path, typer.Option("--params", help="params.yaml with per-stage overrides (ignored when absent).")]
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
@@ -214,8 +236,8 @@ _stage_command(
 )
 _stage_command(
     "embed",
-    "Embed the image (centre-cropped), caption, each object crop and each phrase with "
-    "CLIP ViT-L/14; raw embeddings are stored.",
+    "Embed the image (centre-cropped), caption, each object crop and each phrase with the profile's "
+    "CLIP (paper: ViT-L/14, OpenAI weights); raw embeddings are stored.",
 )
 _stage_command(
     "distance",
@@ -325,7 +347,12 @@ def _print_evaluation(stage, store, metrics: tuple[str, ...] = ("acc", "ap", "ac
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, globs, CSV/Parquet lists or image files.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .csv or .json.")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Output: a .csv, .json, .jsonl or .parquet file, or - (JSON lines on stdout)."
+        ),
+    ],
     model: Annotated[Path | None, typer.Option(help="Head folder (default: the latest fitted).")] = None,
     data_dir: DataDir = Path("data"),
     device: Device = None,
@@ -338,6 +365,7 @@ def predict(
     and error. Broken files get a row with the reason."""
 
     _setup(data_dir, None, None, verbose)
+    check_output(out)  # a bad --out fails before any work
     with _Bars() as bars:
         rows = run_predict(
             inputs,
@@ -350,7 +378,9 @@ def predict(
     n_fake = sum(r["decision"] == "fake" for r in rows)
     n_err = sum(r["status"] == "error" for r in rows)
     typer.echo(
-        f"predict: {len(rows)} file(s): {n_fake} fake, {len(rows) - n_fake - n_err} real, {n_err} error -> {out}"
+        f"predict: {len(rows)} file(s): {n_fake} fake, {len(rows) - n_fake - n_err} real, {n_err} error -> "
+        f"{'stdout' if out == '-' else out}",
+        err=out == "-",  # stdout carries the rows then
     )
 
 

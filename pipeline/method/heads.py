@@ -13,6 +13,7 @@ configuration, the feature fingerprint it was trained on and its calibration.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -23,6 +24,8 @@ import numpy as np
 
 from pipeline.engine.config import FitConfig
 from pipeline.engine.registry import Registry
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 HEADS: Registry[type] = Registry("head")
@@ -215,16 +218,25 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
+MIN_CALIBRATION_PER_CLASS = 20  # fewer validation rows of a class than this: no threshold is fitted
+
+
 def calibrate(head: Head, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
-    """Temperature and threshold fitted on validation rows only (never on test labels)."""
-    if len(y_val) == 0 or len(set(np.asarray(y_val).tolist())) < 2:
-        return {
-            "temperature": 1.0,
-            "threshold": 0.5,
-            "n": int(len(y_val)),
-            "fitted": False,
-            "note": "validation split missing or single-class: identity calibration",
-        }
+    """Temperature and threshold fitted on validation rows only (never on test labels).
+
+    A threshold fitted on a handful of rows is noise: with fewer than MIN_CALIBRATION_PER_CLASS real
+    or fake validation rows, calibration is the identity (temperature 1, threshold 0.5) and says why.
+    """
+    y_val = np.asarray(y_val)
+    n_fake = int((y_val == 1).sum())
+    n_real = int(len(y_val)) - n_fake
+    if min(n_real, n_fake) < MIN_CALIBRATION_PER_CLASS:
+        note = (
+            f"validation split has {n_real} real and {n_fake} fake row(s), fewer than "
+            f"{MIN_CALIBRATION_PER_CLASS} of each: identity calibration (temperature 1, threshold 0.5)"
+        )
+        log.warning("calibration: %s", note)
+        return {"temperature": 1.0, "threshold": 0.5, "n": int(len(y_val)), "fitted": False, "note": note}
     z = head.logits(x_val)
     t = fit_temperature(z, y_val)
     return {"temperature": t, "threshold": best_threshold(sigmoid(z / t), y_val), "n": int(len(y_val)), "fitted": True}

@@ -40,6 +40,15 @@ def square_resize(image, size: int):
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 @ENCODERS.register("open_clip")
 class ClipEncoder:
     """open_clip model, tokenizer and the two image transforms the embed stage uses.
@@ -64,7 +73,14 @@ class ClipEncoder:
             name = build_tiny("clip", self.cfg.seed)
         else:
             log.info("loading open_clip %s (%s)", name, pretrained)
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        # Random weights are the point of the tiny profile: open_clip's warning about them says nothing.
+        root, quiet = logging.getLogger(), _DropMessage("No pretrained weights loaded")
+        if pretrained is None:
+            root.addFilter(quiet)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        finally:
+            root.removeFilter(quiet)
         LOAD_COUNTS["clip"] += 1
         model = model.to(device=self.device, dtype=torch_dtype(self.cfg.dtype)).eval()
         return model, preprocess, open_clip.get_tokenizer(name)

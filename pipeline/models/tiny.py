@@ -44,7 +44,9 @@ def byte_level_bpe(vocab_size: int = 400):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>", "<image>"])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>", "<image>"], show_progress=False
+    )
     tok.train_from_iterator(caption_corpus(), trainer)
     bos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(

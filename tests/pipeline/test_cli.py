@@ -135,3 +135,15 @@ def test_the_paper_profile_without_weights_fails_in_one_line_and_leaves_nothing(
     assert len(errors) == 1 and "'Salesforce/blip2-opt-2.7b'" in errors[0]
     assert "params.yaml" in errors[0] and "--profile tiny" in errors[0]
     assert not (data / "features" / "caption").exists()  # no empty configuration folder for `status`
+
+
+def test_predict_refuses_a_bad_out_before_any_work(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "in" / "a.png")
+    out = item("predict", str(tmp_path / "in"), "--out", "scores.txt", "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert out.returncode == 2 and ".csv, .json, .jsonl, .parquet" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "d").exists()  # nothing ingested, nothing computed
+    missing = item("predict", str(tmp_path / "in"), "--out", "s.csv", "--model", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "no fitted head there" in missing.stderr

@@ -94,3 +94,18 @@ def test_feature_choice_moves_the_fingerprint(tmp_path):
         make_stage("fit", mlp_knob, store).fingerprint
         == make_stage("fit", resolve("tiny", {"fit": {"head": "logreg"}}), store).fingerprint
     )
+
+
+def test_a_threshold_is_not_fitted_on_a_handful_of_validation_rows():
+    from pipeline.method.heads import MIN_CALIBRATION_PER_CLASS, calibrate
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 100)
+    x = (rng.normal(size=(200, 8)) + y[:, None]).astype(np.float32)
+    head = HEADS.get("logreg")(resolve("tiny", {"fit": {"head": "logreg"}}).stage("fit"))
+    head.fit(x, y)
+    few = MIN_CALIBRATION_PER_CLASS - 1
+    small = calibrate(head, x[: 2 * few], y[: 2 * few])  # `few` real and `few` fake rows
+    assert not small["fitted"] and small["threshold"] == 0.5 and small["temperature"] == 1.0
+    assert f"{few} real and {few} fake" in small["note"]
+    assert calibrate(head, x, y)["fitted"]

@@ -16,7 +16,9 @@ def test_hand_checked_tiny_case():
     assert m["ap"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)  # precision 1 at the first fake, 2/3 at the second
     assert m["auc"] == pytest.approx(0.75)  # 3 of the 4 fake-real pairs ordered right
     assert (m["real_acc"], m["fake_acc"]) == (0.5, 0.5)
-    assert m["tpr_at_1fpr"] == 0.5 and m["tpr_at_5fpr"] == 0.5  # only the 0.9 fake is above every real
+    # two real images cannot show a 1% or 5% false-positive rate: no TPR figure rather than a wrong one
+    assert m["tpr_at_1fpr"] is None and m["tpr_at_5fpr"] is None
+    assert (m["n"], m["n_real"], m["n_fake"]) == (4, 2, 2)
 
 
 def test_matches_scikit_learn_on_a_known_case():
@@ -28,7 +30,10 @@ def test_matches_scikit_learn_on_a_known_case():
     assert m["ap"] == average_precision_score(labels, scores)
     assert m["auc"] == roc_auc_score(labels, scores)
     fpr, tpr, _ = roc_curve(labels, scores)
-    assert m["tpr_at_5fpr"] == tpr[fpr <= 0.05].max()
+    assert m["tpr_at_5fpr"] == tpr[fpr <= 0.05].max() and m["tpr_at_1fpr"] == tpr[fpr <= 0.01].max()
+    lo, hi = m["ap_ci95"]
+    assert lo < m["ap"] < hi and hi - lo < 0.15  # 500 images: a narrow interval around the figure
+    assert m["acc_ci95"][0] < m["acc"] < m["acc_ci95"][1]
     assert m["real_acc"] == accuracy_score(labels[labels == 0], scores[labels == 0] >= 0.5)
 
 
@@ -46,4 +51,16 @@ def test_table_rows_are_heads_columns_generators_then_mean():
     assert md[0] == "| method | a | b | mean |"
     assert md[2] == "| mlp-1 | 50.00 | 90.00 | 70.00 |"
     assert md[3] == "| logreg-2 | 100.00 | - | 100.00 |"
+    assert md[4] == "| n (real/fake) | - | - | - |"  # no counts given: none shown, nothing marked
     assert table(results, "ap", markdown=False).splitlines()[0] == "method,a,b,mean"
+
+
+def test_a_cell_on_few_images_is_marked_and_counted():
+    rng = np.random.default_rng(0)
+    few = detection_metrics(np.array([0, 1, 0, 1]), np.array([0.2, 0.9, 0.4, 0.7]))
+    many = detection_metrics(np.repeat([0, 1], 60), np.concatenate([rng.uniform(0, 0.6, 60), rng.uniform(0.4, 1, 60)]))
+    md = table([{"model": "h", "generators": {"gan": few, "sd": many}, "all": many}], "ap")
+    lines = md.splitlines()
+    assert lines[2].startswith("| h | 100.00† | ") and "†" not in lines[2].split("|")[3]
+    assert lines[3] == "| n (real/fake) | 4 (2/2) | 120 (60/60) | 120 (60/60) |"
+    assert "fewer than 10 real or 10 fake images" in md

@@ -126,7 +126,7 @@ def test_format_probe_flags_a_dataset_that_leaks_labels_through_compression(tmp_
         [
             sys.executable,
             "-m",
-            "pipeline.app.cli",
+            "pipeline",
             "evaluate",
             "--heads",
             "item,unifd,cosine,format",
@@ -148,3 +148,14 @@ def test_format_probe_flags_a_dataset_that_leaks_labels_through_compression(tmp_
 def test_unknown_method_is_a_clear_error(tmp_path):
     with pytest.raises(KeyError, match="unknown method 'npr'"):
         compare(["npr"], resolve("tiny"), Store(tmp_path))
+
+
+def test_the_format_warning_names_a_single_leaking_generator_when_the_mean_hides_it():
+    results = [
+        {"method": "item", "all": {"ap": 0.8}, "generators": {"ml72": {"ap": 1.0}}},
+        {"method": "format", "all": {"ap": 0.7}, "generators": {"ml72": {"ap": 1.0}, "sd": {"ap": 0.52}}},
+    ]
+    warning = leakage_warning(results)
+    assert warning is not None and "on ml72" in warning and "sd" not in warning.split("(")[0]
+    results[1]["generators"]["ml72"]["ap"] = 0.6
+    assert leakage_warning(results) is None
