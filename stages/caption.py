@@ -34,7 +34,12 @@ class CaptionStage(FeatureStage):
         if self.captioner.reads == "caption":
             return batch.column("caption").to_pylist()
         max_pixels = self.pipeline.stage("ingest").max_image_pixels
-        return load_images(batch.column("path").to_pylist(), max_pixels, self.runtime.loader_threads)
+        return load_images(
+            batch.column("path").to_pylist(),
+            batch.column("image_id").to_pylist(),
+            max_pixels,
+            self.runtime.loader_threads,
+        )
 
     def process(self, batch: pa.Table, inputs: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

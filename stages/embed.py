@@ -48,7 +48,12 @@ class EmbedStage(FeatureStage):
     def prepare(self, batch: pa.Table) -> list[Any]:
         """Per row: the whole-image tensor and one tensor per object crop, or the decode error."""
         max_pixels = self.pipeline.stage("ingest").max_image_pixels
-        images = load_images(batch.column("path").to_pylist(), max_pixels, self.runtime.loader_threads)
+        images = load_images(
+            batch.column("path").to_pylist(),
+            batch.column("image_id").to_pylist(),
+            max_pixels,
+            self.runtime.loader_threads,
+        )
         prepared: list[Any] = []
         for image, objects in zip(images, batch.column("objects").to_pylist(), strict=True):
             if isinstance(image, ImageDecodeError):

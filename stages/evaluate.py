@@ -3,7 +3,6 @@ write the tables (CSV + Markdown) and metrics.json to reports/, and each head's 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from pipeline.engine.errors import UsageError
 from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
+from pipeline.engine.store import read_json, write_json
 from pipeline.method.evaluation import evaluate_head, evaluation_key
 from pipeline.method.heads import FittedHead
 from pipeline.method.metrics import LABELS, METRICS, table
@@ -66,9 +66,10 @@ class EvaluateStage(Job):
             raise UsageError(f"evaluate: no labelled rows in split {self.cfg.split!r} for features {distance_fp}")
         key = evaluation_key(model_dir.name, split, self.cfg.threshold, keys)
         cached = model_dir / "metrics.json"
-        if cached.exists() and json.loads(cached.read_text()).get("key") == key:
+        previous = read_json(cached)
+        if previous is not None and previous.get("key") == key:
             log.debug("evaluate: %s on %s is up to date", model_dir.name, split)
-            return json.loads(cached.read_text()), False
+            return previous, False
         rows = labelled_rows(self.store, distance_fp, split)
         result = {
             "key": key,
@@ -76,14 +77,14 @@ class EvaluateStage(Job):
             "threshold": self.cfg.threshold,
             **evaluate_head(head, rows, self.cfg.threshold),
         }
-        cached.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_json(cached, result)
         return result, True
 
     def _write_reports(self) -> None:
         reports = self.store.reports
         reports.mkdir(parents=True, exist_ok=True)
         summary = {r["model"]: {"split": r["split"], "all": r["all"], "mean": r["mean"]} for r in self.results}
-        (reports / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_json(reports / "metrics.json", summary)
         for metric in (*METRICS, "acc_calibrated"):
             (reports / f"{metric}.csv").write_text(table(self.results, metric, markdown=False) + "\n")
             (reports / f"{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(self.results, metric)}\n")

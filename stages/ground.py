@@ -31,7 +31,12 @@ class GroundStage(FeatureStage):
 
     def prepare(self, batch: pa.Table) -> list[Any] | None:
         max_pixels = self.pipeline.stage("ingest").max_image_pixels
-        return load_images(batch.column("path").to_pylist(), max_pixels, self.runtime.loader_threads)
+        return load_images(
+            batch.column("path").to_pylist(),
+            batch.column("image_id").to_pylist(),
+            max_pixels,
+            self.runtime.loader_threads,
+        )
 
     def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

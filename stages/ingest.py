@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.engine.job import Job
-from pipeline.engine.probe import Prober
+from pipeline.engine.probe import Prober, failed
 from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
 from pipeline.engine.sources import LAYOUTS, Source, derived_split, discover
 from pipeline.engine.stage import STAGES, RunStats, part_summary
@@ -73,34 +73,55 @@ class IngestStage(Job):
         return part_summary(self.name, self.fingerprint, self.store.manifest)
 
     def compute(self, stats: RunStats) -> None:
-        with self.store.manifest.lock("ingest"):
+        with self.store.manifest.lock("ingest"), self.store.sources.lock("ingest"):
             self._ingest(stats)
 
     def _ingest(self, stats: RunStats) -> None:
         seen = self._seen_files()
-        known_ids = self.store.manifest.ids()
-        todo = [s for s in self.sources() if not self._unchanged(s, seen)]
+        manifest = self.store.manifest.read(["image_id", "path", "label", "status"])
+        known = {
+            i: (p, lab)
+            for i, p, lab in zip(*(manifest.column(c).to_pylist() for c in ("image_id", "path", "label")), strict=True)
+        }
+        todo = [s for s in self.sources() if not self._unchanged(s, seen, known)]
         stats.todo = len(todo)
         self.begin(len(todo))
         if not todo:
             log.debug("ingest: nothing new to ingest")
+        moved: dict[str, str] = {}  # image_id -> its new path, where the manifest's path is gone
+        stale: set[str] = set()  # ids of error rows of paths that now hold other bytes
         chunk = self.runtime.chunk_size
         with Prober(self.runtime.loader_threads, self.cfg.decode_timeout, self.cfg.max_image_pixels) as prober:
             for i in range(0, len(todo), chunk):
                 sources = todo[i : i + chunk]
-                probed = [
-                    self._manifest_row(s, r)
-                    for s, r in zip(sources, prober.map([s.path for s in sources]), strict=True)
-                ]
+                probed = [self._manifest_row(s, r) for s, r in zip(sources, self._probe(prober, sources), strict=True)]
                 manifest_rows = []
-                for row in probed:
-                    if row["image_id"] not in known_ids:
-                        known_ids.add(row["image_id"])
+                for source, row in zip(sources, probed, strict=True):
+                    image_id = row["image_id"]
+                    old = seen.get(source.path)
+                    if old is not None and old[2] != image_id and old[3] != STATUS_OK:
+                        stale.add(old[2])  # this path failed before and holds other bytes now
+                    if image_id not in known:
+                        known[image_id] = (source.path, row["label"])
                         manifest_rows.append(row)
                         if row["status"] == STATUS_OK:
                             stats.ok += 1
                         else:
                             stats.count_error(row["error"])
+                        continue
+                    known_path, known_label = known[image_id]
+                    if known_path != source.path and row["status"] == STATUS_OK and not os.path.exists(known_path):
+                        moved[image_id] = source.path
+                    if None not in (known_label, source.label) and known_label != source.label:
+                        log.warning(
+                            "%s has the bytes of image %s, labelled %s in the manifest and %s here: the manifest "
+                            "keeps %s (the first label seen); fix the label where it is wrong",
+                            source.path,
+                            image_id[:12],
+                            known_label,
+                            source.label,
+                            known_label,
+                        )
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
                 if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
                     stats.parts += 1
@@ -110,23 +131,56 @@ class IngestStage(Job):
                     )
                 )
                 self.advance(len(probed))
+        self._repair(moved, stale - set(moved))
         duplicates = stats.todo - stats.ok - stats.error
         if duplicates:
             log.info("ingest: %d file(s) repeat bytes already in the manifest (recorded in sources/)", duplicates)
 
-    def _seen_files(self) -> dict[str, tuple[int, int]]:
-        table = self.store.sources.read(["path", "n_bytes", "mtime_ns"])
-        return {p: (n, m) for p, n, m in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)}
+    def _probe(self, prober: Prober, sources: list[Source]) -> list[dict[str, Any]]:
+        """Probe results in order; a source that discovery already failed (a name that is not UTF-8) is not read."""
+        readable = [s.path for s in sources if s.error is None]
+        results = iter(prober.map(readable) if readable else [])
+        return [failed(s.path, s.error) if s.error is not None else next(results) for s in sources]
+
+    def _repair(self, moved: dict[str, str], stale: set[str]) -> None:
+        """Point the manifest at the live path of images whose files moved, drop the error rows of paths
+        that were fixed, and leave one row per key in manifest/ and sources/ (under the ingest locks)."""
+        if moved:
+            rows = self.store.manifest.read(ids=list(moved))
+            paths = pa.array([moved[i] for i in rows.column("image_id").to_pylist()], pa.string())
+            self.store.manifest.write(rows.set_column(rows.schema.get_field_index("path"), "path", paths))
+            log.info("ingest: %d image(s) found at a new path; the manifest now points there", len(moved))
+        still_used = set(self.store.sources.read(["path", "image_id"]).column("image_id").to_pylist())
+        stale -= still_used
+        if stale:
+            log.info("ingest: %d error row(s) of files that were fixed since are gone from the manifest", len(stale))
+        self.store.manifest.compact(drop=stale)
+        self.store.sources.compact()
+
+    def _seen_files(self) -> dict[str, tuple[int, int, str, str]]:
+        """path -> (size, mtime_ns, image_id, status of that id in the manifest) as last ingested."""
+        table = self.store.sources.read(["path", "n_bytes", "mtime_ns", "image_id"])
+        status = dict(
+            zip(
+                *(self.store.manifest.current_keys().column(c).to_pylist() for c in ("image_id", "status")), strict=True
+            )
+        )
+        columns = (table.column(c).to_pylist() for c in ("path", "n_bytes", "mtime_ns", "image_id"))
+        return {p: (n, m, i, status.get(i, "missing")) for p, n, m, i in zip(*columns, strict=True)}
 
     @staticmethod
-    def _unchanged(source: Source, seen: dict[str, tuple[int, int]]) -> bool:
-        if source.path not in seen:
+    def _unchanged(source: Source, seen: dict[str, tuple[int, int, str, str]], known: dict[str, Any]) -> bool:
+        """Skip a file only when it is as it was (size, mtime), it read ok, and its image is in the manifest."""
+        if source.path not in seen or source.error is not None:
             return False
+        size, mtime, image_id, status = seen[source.path]
+        if status != STATUS_OK or image_id not in known:
+            return False  # a failed file may be fixed now; a quarantined manifest part must be refilled
         try:
             st = os.stat(source.path)
         except OSError:
             return False
-        return seen[source.path] == (st.st_size, st.st_mtime_ns)
+        return (size, mtime) == (st.st_size, st.st_mtime_ns)
 
     def _manifest_row(self, source: Source, probe: dict[str, Any]) -> dict[str, Any]:
         row = {

@@ -73,7 +73,7 @@ class PerturbJob(Job):
                     if existing:
                         path = existing[0]
                     else:
-                        image = image or load_rgb(row["path"], max_pixels)
+                        image = image or load_rgb(row["path"], max_pixels, row["image_id"])
                         path = self._write(
                             folder, row["image_id"], *apply(image, kind, level, self.seed, row["image_id"])
                         )

@@ -4,7 +4,6 @@ to the same source images clean. Reads derived images' distance rows (after `ite
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import polars as pl
 
 from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
+from pipeline.engine.store import write_json
 from pipeline.method.evaluation import evaluate_scores
 from pipeline.method.heads import FittedHead
 from pipeline.method.perturbations import GRID, label
@@ -57,4 +57,4 @@ class RobustnessJob(Job):
         stats.ok = derived.height
         self.result = result
         self.store.reports.mkdir(parents=True, exist_ok=True)
-        (self.store.reports / "robustness.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        write_json(self.store.reports / "robustness.json", result)

@@ -64,7 +64,18 @@ Profile = Annotated[
         help=f"Model profile: {' | '.join(PROFILES.names())} (default: params.yaml's, else paper).",
     ),
 ]
-Params = Annotated[Path, typer.Option("--params", help="params.yaml with per-stage overrides (ignored when absent).")]
+Params = Annotated[
+    Path | None,
+    typer.Option("--params", help="A params.yaml with per-stage overrides (default: ./params.yaml when present)."),
+]
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _params(path: Path | None) -> dict:
+    """The parsed params file: the one named (which must exist), else ./params.yaml if present."""
+    return load_params(path or DEFAULT_PARAMS, required=path is not None)
+
+
 Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")]
 ChunkSize = Annotated[int | None, typer.Option("--chunk-size", help="Rows per part file.")]
@@ -77,12 +88,17 @@ def _setup(
     params: Path | None,
     verbose: bool,
     overrides: dict[str, dict] | None = None,
+    read_params: bool = True,
     **runtime,
 ):
-    """The resolved configuration (profile <- params.yaml <- overrides) and the store; params None: none."""
+    """The resolved configuration (profile <- params file <- overrides) and the store.
+
+    `read_params=False` for commands whose configuration comes from elsewhere (the demo's is the
+    tiny profile, predict's is the head's own): a params.yaml in the folder must not change them.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     setup_logging(verbose)
-    loaded = load_params(params)
+    loaded = _params(params) if read_params else {}
     for section, values in (overrides or {}).items():
         given = {k: v for k, v in values.items() if v is not None}
         if given:
@@ -173,7 +189,7 @@ def _stage_command(name: str, doc: str):
     def command(
         data_dir: DataDir = Path("data"),
         profile: Profile = None,
-        params: Params = Path("params.yaml"),
+        params: Params = None,
         device: Device = None,
         batch_size: BatchSize = None,
         chunk_size: ChunkSize = None,
@@ -204,7 +220,7 @@ def ingest(
     split: Annotated[str | None, typer.Option(help="Set the split of every file (train | val | test).")] = None,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """Add images to the manifest: hash each file (sha256 = image_id), check it decodes, read its
@@ -218,7 +234,7 @@ def ingest(
 
 def _params_inputs(params: Path | None) -> list[str]:
 
-    inputs = load_params(params).get("inputs") or []
+    inputs = _params(params).get("inputs") or []
     if not inputs:
         raise typer.BadParameter("give folders or lists to ingest, or list them under `inputs:` in params.yaml")
     return [str(i) for i in inputs]
@@ -251,7 +267,7 @@ def run_all(
     last: Annotated[str, typer.Option("--to", help="Last stage: ... | fit | evaluate.")] = "evaluate",
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     device: Device = None,
     batch_size: BatchSize = None,
     chunk_size: ChunkSize = None,
@@ -287,7 +303,7 @@ def fit(
     w2: Annotated[float | None, typer.Option(help="Weight of D_l.")] = None,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """Train a head on the cached distance rows of the train split (no model stage runs), calibrate
@@ -311,7 +327,7 @@ def evaluate(
     ] = None,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """Score the test split (val when there is none) with fitted heads: per generator and mean, ACC at
@@ -364,7 +380,7 @@ def predict(
     score = P(fake) (calibrated), decision, caption, objects with their image-phrase cosine, status
     and error. Broken files get a row with the reason."""
 
-    _setup(data_dir, None, None, verbose)
+    _setup(data_dir, None, None, verbose, read_params=False)
     check_output(out)  # a bad --out fails before any work
     with _Bars() as bars:
         rows = run_predict(
@@ -388,7 +404,7 @@ def predict(
 def status(
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """Per stage under the current configuration: rows ok, rows in error (by reason) and manifest images
@@ -417,7 +433,7 @@ def demo(
     only show that the pipeline works."""
     from pipeline.app.report import build as build_report
 
-    config, store = _setup(data_dir, "tiny", None, verbose, chunk_size=64)
+    config, store = _setup(data_dir, "tiny", None, verbose, read_params=False, chunk_size=64)
     start = time.perf_counter()
     root = make_images(store.root / "raw" / "demo", n_per_class)
     typer.echo(f"demo images: {root}")
@@ -467,7 +483,7 @@ def perturb(
     seed: Annotated[int, typer.Option(help="Seed of the Gaussian noise.")] = 0,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """Make the paper's robustness grid (Fig. 4): Gaussian noise sigma 0.001/0.005/0.01, Gaussian blur
@@ -485,7 +501,7 @@ def perturb(
 def robustness(
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """AP and ACC of the latest head on every perturbation and level (after `item perturb` and `item run`),
@@ -510,7 +526,7 @@ def report(
     sample: Annotated[int, typer.Option(help="Test images explained (half most-real, half most-fake).")] = 12,
     data_dir: DataDir = Path("data"),
     profile: Profile = None,
-    params: Params = Path("params.yaml"),
+    params: Params = None,
     verbose: Verbose = False,
 ) -> None:
     """Write reports/report.html: one self-contained page with the evaluation tables, the baseline
@@ -531,7 +547,7 @@ def check(
     """Read every part file under the data directory; report (or quarantine) the ones that are not
     readable Parquet with an image_id and status column."""
 
-    _setup(data_dir, None, None, verbose)
+    _setup(data_dir, None, None, verbose, read_params=False)
     bad = check_parts(data_dir, quarantine=quarantine)
     for path, reason in bad:
         typer.echo(f"{'quarantined' if quarantine else 'bad'}: {path}: {reason}")

@@ -61,11 +61,21 @@ def metric_table(results: list[dict[str, Any]], metric: str) -> str:
     return table_html(rows, ["method", *generators, "mean"])
 
 
-def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: int = 320) -> bytes:
-    """The image with its grounded boxes drawn and numbered, as JPEG bytes."""
-    from pipeline.engine.imageio import load_rgb
+def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: int = 320, image_id=None) -> bytes:
+    """The image with its grounded boxes drawn and numbered, as JPEG bytes (a grey card saying why
+    when the file is gone or no longer holds the image's bytes)."""
+    from PIL import Image
 
-    image = load_rgb(path, max_pixels)
+    from pipeline.engine.imageio import ImageDecodeError, load_rgb
+
+    try:
+        image = load_rgb(path, max_pixels, image_id)
+    except ImageDecodeError as e:
+        card = Image.new("RGB", (size, size // 2), (200, 200, 200))
+        ImageDraw.Draw(card).text((8, 8), str(e)[:60], fill=(60, 60, 60))
+        buf = io.BytesIO()
+        card.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
     draw = ImageDraw.Draw(image)
     width = max(1, round(max(image.size) / 200))
     for i, obj in enumerate(objects, 1):
@@ -209,7 +219,7 @@ def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame,
         ]
         caption = (frames["caption"].get(image_id) or {}).get("caption") or ""
         cards.append(
-            f"<div class='card'>{img_tag(thumbnail(paths[image_id], objects, max_pixels), caption)}"
+            f"<div class='card'>{img_tag(thumbnail(paths[image_id], objects, max_pixels, image_id=image_id), caption)}"
             f"<p><b class='{truth}'>{truth}</b> &middot; P(fake) {scores[int(i)]:.3f} &middot; "
             f"{html.escape(test['generator'][int(i)] or '-')}</p><p>&ldquo;{html.escape(caption)}&rdquo;</p>"
             + (

@@ -3,7 +3,6 @@ what the store holds. The CLI, the demo, the Python API and DVC all go through h
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pipeline.engine.executors import Executor
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.progress import Progress
 from pipeline.engine.stage import STAGES, RunStats, Stage, error_reason_kind
-from pipeline.engine.store import Store
+from pipeline.engine.store import Store, write_json
 from pipeline.method.metrics import LABELS, table
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def write_comparison(results: list[dict[str, Any]], store: Store) -> None:
         (store.reports / f"comparison_{metric}.csv").write_text(table(results, metric, markdown=False) + "\n")
         (store.reports / f"comparison_{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(results, metric)}\n")
     summary = {r["method"]: {"model": r["model_dir"], "all": r["all"], "mean": r["mean"]} for r in results}
-    (store.reports / "comparison.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json(store.reports / "comparison.json", summary)
 
 
 def write_summary(stage: Stage) -> Path | None:
@@ -133,10 +132,7 @@ def write_summary(stage: Stage) -> Path | None:
     summary = stage.summary()
     if summary is None:
         return None
-    target = stage.store.root / "dvc" / f"{stage.name}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return target
+    return write_json(stage.store.root / "dvc" / f"{stage.name}.json", summary)
 
 
 @dataclass

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +41,9 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.max_image_pixels <= 0:
             raise ConfigError("ingest.max_image_pixels must be positive")
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1.0) > 1e-6:
+        if len(self.split_fractions) != 3 or any(not 0.0 <= f <= 1.0 for f in self.split_fractions):
+            raise ConfigError(f"ingest.split_fractions must be three fractions in [0, 1], got {self.split_fractions}")
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ConfigError("ingest.split_fractions must be three fractions (train, val, test) summing to 1")
 
 
@@ -140,6 +145,12 @@ class FitConfig:
             raise ConfigError("fit.features must be both, global or local")
         if self.epochs < 1 or self.batch_size < 1 or self.hidden_dim < 1:
             raise ConfigError("fit.epochs, fit.batch_size and fit.hidden_dim must be >= 1")
+        used = {"both": (self.w1, self.w2), "global": (self.w1,), "local": (self.w2,)}[self.features]
+        if all(w == 0 for w in used):
+            raise ConfigError(
+                f"fit.w1 = {self.w1}, fit.w2 = {self.w2} with features {self.features!r}: D would be all zeros; "
+                "give the terms you use a non-zero weight"
+            )
         if self.train_split == self.calibration_split:
             raise ConfigError("fit.calibration_split must differ from fit.train_split")
 
@@ -178,6 +189,8 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1 or self.loader_threads < 1:
             raise ConfigError("runtime.chunk_size, batch_size and loader_threads must be >= 1")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 
 
 STAGE_CONFIGS: dict[str, type] = {
@@ -199,17 +212,62 @@ def _check_dtype(dtype: str, stage: str) -> None:
 
 
 def from_dict(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
-    """Build a config dataclass from a dict; unknown keys are an error, None means the default."""
+    """Build a config dataclass from a dict; unknown keys are an error, None means the default, and
+    every value must have its field's type (the error names the field and what it must be)."""
+    if values is not None and not isinstance(values, dict):
+        section = where.split(" ", 1)[0]
+        raise ConfigError(f"{section} must be a mapping of settings (key: value), got {values!r}")
     values = dict(values or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        problem = _type_problem(value, hints[key])
+        if problem:
+            section = where.split(" ", 1)[0]
+            raise ConfigError(f"{section}.{key} must be {problem}, got {value!r} ({type(value).__name__})")
+        kwargs[key] = float(value) if hints[key] is float else value
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"bad value in {where}: {e}") from e
+
+
+PLURAL = {"a number": "numbers", "an integer": "integers", "text": "text values", "true or false": "true/false values"}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None when `value` fits the type `hint`, else what it must be ("an integer", ...)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else " or ".join(p for p in problems if p)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return "a list"
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            return f"a list of {len(items)} values"
+        inner = [_type_problem(v, a) for v, a in zip(value, items, strict=True)]
+        wrong = next((p for p in inner if p), None)
+        return None if wrong is None else f"a list of {PLURAL.get(wrong, wrong)}"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "text"
+    return None
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
@@ -274,6 +332,11 @@ def resolve(
     unknown = sorted(set(params) - set(STAGE_CONFIGS) - {"runtime", "inputs"})
     if unknown:
         raise ConfigError(f"unknown section(s) in params: {', '.join(unknown)}")
+    for section in (*STAGE_CONFIGS, "runtime"):
+        if params.get(section) is not None and not isinstance(params[section], dict):
+            raise ConfigError(f"{section} must be a mapping of settings (key: value), got {params[section]!r}")
+    if not isinstance(params.get("inputs") or [], list | str):
+        raise ConfigError(f"inputs must be a list of folders, lists or files, got {params['inputs']!r}")
     stages = {}
     for stage, cls in STAGE_CONFIGS.items():
         merged = {**overrides.get(stage, {}), **(params.get(stage) or {})}
@@ -282,12 +345,14 @@ def resolve(
     return PipelineConfig(profile=name, stages=stages, runtime=from_dict(RuntimeConfig, rt, "runtime"))
 
 
-def load_params(path: str | Path | None) -> dict[str, Any]:
-    """Read params.yaml (an absent file is an empty dict)."""
+def load_params(path: str | Path | None, required: bool = False) -> dict[str, Any]:
+    """Read params.yaml (an absent file is an empty dict, unless `required`: a file the user named)."""
     if path is None:
         return {}
     path = Path(path)
     if not path.exists():
+        if required:
+            raise ConfigError(f"--params {path}: no such file")
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -135,6 +135,7 @@ class FeatureStage(Stage):
         stats.todo = len(todo)
         if not todo:
             log.debug("%s [%s]: nothing to compute", self.name, fp)
+            self._compact()  # a run killed before it compacted left superseded rows: finish its job
             stats.seconds = time.perf_counter() - start
             return stats
         out = self.output
@@ -161,8 +162,15 @@ class FeatureStage(Stage):
                 len(todo),
                 attempt + 1,
             )
+        self._compact()
         stats.seconds = time.perf_counter() - start
         return stats
+
+    def _compact(self) -> None:
+        """Exactly one row per image in the output folder once a run ends (see PartDir.compact)."""
+        out = self.store.features(self.name, self.fingerprint, self.schema)
+        if out.path.is_dir():
+            out.compact(errors_only_for=self.store.manifest.key_table().column("image_id"))
 
     def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
         """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""

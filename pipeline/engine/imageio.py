@@ -15,6 +15,7 @@ Rules, applied in this order:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -216,26 +217,39 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
-def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read a file and decode it to RGB (same rules as `decode`)."""
+def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, image_id: str | None = None) -> Image.Image:
+    """Read a file and decode it to RGB (same rules as `decode`).
+
+    With `image_id`, the bytes read must be that image's (their sha256): a row is never computed from
+    bytes other than the ones its id names, so a file replaced after ingest is an error, not a feature.
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ImageDecodeError(f"cannot read file: {type(e).__name__}: {e.strerror or e}") from None
+        hint = " (moved? ingest it from its new place)" if isinstance(e, FileNotFoundError) else ""
+        raise ImageDecodeError(f"cannot read file: {type(e).__name__}: {e.strerror or e}{hint}") from None
+    if image_id is not None and hashlib.sha256(data).hexdigest() != image_id:
+        raise ImageDecodeError(
+            f"file changed since ingest: {path} no longer holds the bytes of this image; re-ingest it "
+            "(`item ingest` gives the new content its own image_id)"
+        )
     return decode(data, max_pixels)[0]
 
 
-def _load_or_error(path: str, max_pixels: int) -> Image.Image | ImageDecodeError:
+def _load_or_error(path: str, image_id: str, max_pixels: int) -> Image.Image | ImageDecodeError:
     try:
-        return load_rgb(path, max_pixels)
+        return load_rgb(path, max_pixels, image_id)
     except ImageDecodeError as e:
         return e
 
 
-def load_images(paths: list[str], max_pixels: int, threads: int) -> list[Image.Image | ImageDecodeError]:
-    """RGB images for `paths` in order, decoded in threads; a file that fails gives its error in its place."""
+def load_images(
+    paths: list[str], image_ids: list[str], max_pixels: int, threads: int
+) -> list[Image.Image | ImageDecodeError]:
+    """RGB images for `paths` in order, each checked against its image_id, decoded in threads; a file
+    that fails (unreadable, changed since ingest, undecodable) gives its error in its place."""
     if threads <= 1 or len(paths) <= 1:
-        return [_load_or_error(p, max_pixels) for p in paths]
+        return [_load_or_error(p, i, max_pixels) for p, i in zip(paths, image_ids, strict=True)]
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(_load_or_error, paths, [max_pixels] * len(paths)))
+        return list(pool.map(_load_or_error, paths, image_ids, [max_pixels] * len(paths)))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -56,6 +58,18 @@ def failed(path: str, reason: str) -> dict[str, Any]:
         "status": STATUS_ERROR,
         "error": reason,
     }
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a decoding worker: end this process soon after its parent dies (a SIGKILLed ingest must not
+    leave workers behind; a killed parent gets no chance to stop them)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class Prober:
@@ -120,7 +134,12 @@ class Prober:
         to this process, without the time limit, instead of failing every file as a crash."""
         if self._pool is None:
             # spawn: a fork of a process holding torch threads can deadlock
-            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             try:
                 pool.submit(os.getpid).result(timeout=120)
             except Exception as e:  # BrokenProcessPool, timeout, pickling: no usable workers

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 
 from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
+
+log = logging.getLogger(__name__)
 
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
 GENIMAGE_DIRS = {"nature": 0, "ai": 1}
@@ -40,6 +44,7 @@ class Source:
     caption: str | None = None
     source_id: str | None = None
     perturbation: str | None = None
+    error: str | None = None  # why the file cannot be ingested, known before reading it
 
 
 FolderInfo = tuple[int | None, str | None, str | None]  # label, generator, split
@@ -98,29 +103,83 @@ def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "a
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
+            if not _regular(path):
+                continue
             label, generator, split = rule(path.relative_to(root).parts[:-1], root.name)
-            yield Source(str(path), label, generator, dataset or root.name, split)
+            yield _named(Source(str(path), label, generator, dataset or root.name, split))
+
+
+def _regular(path: Path) -> bool:
+    """A regular file (or a link to one). A FIFO, socket or device is skipped with one line: reading
+    one blocks until the decode time limit, on every ingest."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return True  # unreadable: probing gives it its error row
+    if stat.S_ISREG(mode):
+        return True
+    log.warning("%s: not a regular file (FIFO, socket or device): skipped", _printable(str(path)))
+    return False
+
+
+def _printable(path: str) -> str:
+    """The path as text that can be stored and printed: bytes that are not UTF-8 shown as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _named(source: Source) -> Source:
+    """A file whose name is not valid UTF-8 cannot be recorded by its name: an error row says so."""
+    try:
+        source.path.encode("utf-8")
+        return source
+    except UnicodeEncodeError:
+        return dataclasses.replace(
+            source,
+            path=_printable(source.path),
+            error="file name is not valid UTF-8: rename the file (e.g. with `convmv`) to ingest it",
+        )
 
 
 def sources_from_list(path: Path, dataset: str | None = None) -> Iterator[Source]:
     """Rows of a CSV or Parquet list; relative paths are resolved against the list's folder."""
-    import polars as pl
-
-    frame = pl.read_csv(path, infer_schema=False) if path.suffix == ".csv" else pl.read_parquet(path)
-    if "path" not in frame.columns:
-        raise UsageError(f"{path}: a list needs a 'path' column (has: {', '.join(frame.columns)})")
+    frame = read_list(path)
     base = path.resolve().parent
-    for row in frame.iter_rows(named=True):
+    for number, row in enumerate(frame.iter_rows(named=True), start=2 if path.suffix == ".csv" else 1):
+        if _str_or_none(row["path"]) is None:
+            log.warning("%s: row %d has no path: skipped", path, number)
+            continue
         p = Path(str(row["path"]))
         label = _parse_label(row.get("label"), path)
-        yield Source(
-            str(p if p.is_absolute() else (base / p).resolve()),
-            label,
-            _str_or_none(row.get("generator")),
-            _str_or_none(row.get("dataset")) or dataset or path.stem,
-            _str_or_none(row.get("split")),
-            _str_or_none(row.get("caption")),
+        split = _str_or_none(row.get("split"))
+        if split is not None and split not in SPLIT_DIRS:
+            raise UsageError(f"{path}: row {number}: split {split!r} is not one of {', '.join(SPLIT_DIRS)}")
+        yield _named(
+            Source(
+                str(p if p.is_absolute() else (base / p).resolve()),
+                label,
+                _str_or_none(row.get("generator")),
+                _str_or_none(row.get("dataset")) or dataset or path.stem,
+                split,
+                _str_or_none(row.get("caption")),
+            )
         )
+
+
+def read_list(path: Path):
+    """A CSV (UTF-8) or Parquet list as a polars frame with a `path` column, or one clear error."""
+    import polars as pl
+
+    try:
+        frame = pl.read_csv(path, infer_schema=False) if path.suffix.lower() == ".csv" else pl.read_parquet(path)
+    except pl.exceptions.NoDataError:
+        raise UsageError(f"{path}: the list is empty (it needs a header row with a 'path' column)") from None
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as e:
+        what = "a UTF-8 CSV file" if path.suffix.lower() == ".csv" else "a Parquet file"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path}: cannot read the list as {what} ({type(e).__name__}: {first})") from e
+    if "path" not in frame.columns:
+        raise UsageError(f"{path}: a list needs a 'path' column (has: {', '.join(frame.columns)})")
+    return frame
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -159,6 +218,8 @@ def discover(
     split: str | None = None,
 ) -> Iterator[Source]:
     """Sources from folders, list files, globs and single image files; `generator`/`split` override."""
+    if split is not None and split not in SPLIT_DIRS:
+        raise UsageError(f"--split {split!r} is not one of {', '.join(SPLIT_DIRS)}")
     for source in _discover(expand(inputs), dataset, layout):
         if generator is not None or split is not None:
             source = dataclasses.replace(source, generator=generator or source.generator, split=split or source.split)
@@ -172,7 +233,8 @@ def _discover(inputs: list[Path], dataset: str | None, layout: str) -> Iterator[
         elif path.suffix.lower() in LIST_SUFFIXES:
             yield from sources_from_list(path, dataset)
         elif path.exists():
-            yield Source(str(path.resolve()), dataset=dataset or path.parent.name)
+            if _regular(path):
+                yield _named(Source(str(path.resolve()), dataset=dataset or path.parent.name))
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
 

@@ -174,7 +174,9 @@ class Stage(ABC):
         """Where the rows of input `name` under this configuration live."""
         if name == MANIFEST:
             return self.store.manifest
-        return self.store.features(name, self.upstream(name).fingerprint, None)
+        upstream = self.upstream(name)
+        # With the upstream's schema, a foreign part in its folder is refused instead of read as data.
+        return self.store.features(name, upstream.fingerprint, getattr(upstream, "schema", None))
 
 
 def part_summary(stage: str, fingerprint: str, part_dir: PartDir) -> dict[str, Any]:

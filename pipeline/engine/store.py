@@ -14,6 +14,7 @@ have no row yet in its directory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -56,6 +57,29 @@ class LockedError(RuntimeError):
     """Another live process is writing the same stage output."""
 
 
+WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a full disk, a read-only or a forbidden data directory into one StoreError naming the path."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise StoreError(
+            f"cannot write {path}: {WRITE_ERRNOS[e.errno]} ({e.strerror}); free space or pick "
+            "another --data-dir, then run again: finished parts are kept"
+        ) from e
+
+
 class PartDir:
     """A directory of Parquet part files sharing one schema, keyed by a column (`image_id`).
 
@@ -94,13 +118,18 @@ class PartDir:
             table = table.select(self.schema.names).cast(self.schema)
         if metadata is not None:
             table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
-        self.path.mkdir(parents=True, exist_ok=True)
         name = name or part_name()
         tmp = self.path / f".{name}.{uuid.uuid4().hex[:6]}.tmp"
         final = self.path / name
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            with writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, tmp, compression="zstd")
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written temporary file is worth nothing
+            raise
         if os.environ.get(WRITE_DELAY_ENV):
             time.sleep(float(os.environ[WRITE_DELAY_ENV]))
         os.replace(tmp, final)
@@ -159,15 +188,77 @@ class PartDir:
         st = part.stat()
         cache_key = (str(part), st.st_mtime_ns, st.st_size, self.key)
         if cache_key not in _KEY_CACHE:
+            self._check_columns(part)
             t = self.read_part(part, [self.key, "status"] if has_status else [self.key])
             if not has_status:  # e.g. sources/: every row counts
                 t = t.append_column("status", pa.array(["ok"] * t.num_rows, pa.string()))
             _KEY_CACHE[cache_key] = t.append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
         return _KEY_CACHE[cache_key]
 
+    def _check_columns(self, part: Path) -> None:
+        """A part with columns this folder's schema does not have was written elsewhere (a part of
+        another stage copied in): reading it as this stage's rows would serve wrong data."""
+        if self.schema is None:
+            return
+        try:
+            names = pq.read_schema(part).names
+        except (pa.ArrowInvalid, OSError) as e:
+            raise StoreError(f"cannot read part file {part}: {e} (run `item check --quarantine`)") from e
+        foreign = [n for n in names if n not in self.schema.names]
+        if foreign:
+            raise StoreError(
+                f"part file {part} has columns {', '.join(foreign)} that {self.path.name} rows do not: it belongs to "
+                "another stage (run `item check --quarantine` to move it aside)"
+            )
+
     def current_keys(self) -> pa.Table:
         """Key and status of the current row of every key (no part read beyond the key columns)."""
         return self._current(self.key_table()).select([self.key, "status"])
+
+    def compact(self, errors_only_for: pa.Array | None = None, drop: set[str] | None = None) -> int:
+        """Make the folder hold exactly one row per key: the current one (ok over error, then newest).
+
+        Parts holding superseded rows (a retried error, a chunk written twice) are rewritten without
+        them, each atomically under its own name (or removed when nothing is left), so a plain
+        `pl.scan_parquet` of the folder counts each key once. With `errors_only_for` (the manifest's
+        ids), error rows of other keys go too (a failed file that was fixed and re-ingested is a new
+        image); ok rows stay, so no computed work is lost. Keys in `drop` go whatever their status.
+        Call only while holding the folder's lock.
+        Returns the number of rows removed.
+        """
+        import polars as pl
+
+        keys = self.key_table()
+        if keys.num_rows == 0:
+            return 0
+        chosen = self._current(keys)
+        if errors_only_for is not None:
+            known = pc.is_in(chosen.column(self.key), value_set=errors_only_for)
+            chosen = chosen.filter(pc.or_(known, pc.equal(chosen.column("status"), "ok")))
+        if drop:
+            chosen = chosen.filter(pc.invert(pc.is_in(chosen.column(self.key), value_set=pa.array(sorted(drop)))))
+        if chosen.num_rows == keys.num_rows:
+            return 0
+        kept = pl.from_arrow(chosen.select(["_part", "_row"]))
+        all_parts = self.parts()
+        removed = 0
+        for index, part in enumerate(all_parts):
+            n = pq.read_metadata(part).num_rows
+            rows = kept.filter(pl.col("_part") == index)["_row"].sort().to_list()
+            if len(rows) == n:
+                continue
+            removed += n - len(rows)
+            if not rows:
+                part.unlink()
+                continue
+            table = pq.read_table(part).take(pa.array(rows, pa.int64()))  # schema metadata kept
+            tmp = self.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
+            with writing(self.path):
+                pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, part)
+        _fsync_dir(self.path)
+        log.debug("compacted %s: %d superseded row(s) removed", self.path, removed)
+        return removed
 
     def ids(self, ok_only: bool = False) -> set[str]:
         """Every key that has a row (with `ok_only`, a row with status ok)."""
@@ -238,9 +329,10 @@ class PartDir:
         Raises:
             LockedError: naming the live holder (pid, host, start time).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -281,10 +373,32 @@ class PartDir:
         target = self.path / "config.json"
         if target.exists():
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".config.json.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_json(target, config)
+
+
+def write_json(target: Path, obj: Any) -> Path:
+    """Write JSON complete-or-absent: a temporary file, fsync, rename (a full disk leaves the old file)."""
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                f.write(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file's content, or None when it is absent or not whole JSON (a cache to recompute)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def part_name(keys: list[str] | None = None) -> str:
@@ -294,24 +408,19 @@ def part_name(keys: list[str] | None = None) -> str:
 
 
 def check_parts(root: str | Path, quarantine: bool = False) -> list[tuple[Path, str]]:
-    """Every part file under `root` that is not readable Parquet keyed by image_id (or path) with a status.
+    """Every file under `root` that a reader must not see: part files that are not readable Parquet
+    keyed by image_id (or path) with a status, parts written for another stage or configuration than
+    their folder's, and temporary files left by a killed writer.
 
     With `quarantine`, such files move to `root/quarantine/<same relative path>`, out of every reader's way.
     """
     root = Path(root)
     bad = []
-    for part in sorted(root.rglob(PART_GLOB)):
+    found = sorted({*root.rglob(PART_GLOB), *root.rglob(TMP_GLOB), *root.rglob(".*.tmp")})
+    for part in found:
         if "quarantine" in part.relative_to(root).parts:
             continue
-        try:
-            names = pq.read_schema(part).names
-            key = "path" if part.parent.name == "sources" else "image_id"
-            missing = [c for c in (key, "status") if c not in names and not (c == "status" and key == "path")]
-            reason = f"not a part of this store: no column {', '.join(missing)}" if missing else None
-            if reason is None:
-                pq.read_table(part, columns=[key])
-        except (pa.ArrowInvalid, OSError) as e:
-            reason = f"unreadable Parquet: {e}"
+        reason = _part_problem(root, part)
         if reason:
             bad.append((part, reason))
             if quarantine:
@@ -319,6 +428,41 @@ def check_parts(root: str | Path, quarantine: bool = False) -> list[tuple[Path, 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, target)
     return bad
+
+
+def _part_problem(root: Path, part: Path) -> str | None:
+    if part.name.startswith("."):
+        return "temporary file left by an interrupted writer"
+    try:
+        schema = pq.read_schema(part)
+        names = schema.names
+        key = "path" if part.parent.name == "sources" else "image_id"
+        missing = [c for c in (key, "status") if c not in names and not (c == "status" and key == "path")]
+        if missing:
+            return f"not a part of this store: no column {', '.join(missing)}"
+        pq.read_table(part, columns=[key])
+    except (pa.ArrowInvalid, OSError) as e:
+        return f"unreadable Parquet: {e}"
+    rel = part.relative_to(root).parts
+    if len(rel) == 4 and rel[0] == "features":
+        return _foreign(schema, stage=rel[1], fingerprint=rel[2])
+    return None
+
+
+def _foreign(schema: pa.Schema, stage: str, fingerprint: str) -> str | None:
+    """Why a feature part does not belong in features/<stage>/<fingerprint>/ (its metadata says which
+    stage and configuration wrote it), or None."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        return "no ITEM metadata: not written by a stage of this pipeline"
+    try:
+        identity = json.loads(raw)
+    except ValueError:
+        return "unreadable ITEM metadata"
+    written = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    if identity.get("stage") != stage or written != fingerprint:
+        return f"written by stage {identity.get('stage')!r} for configuration {written}, not {stage} [{fingerprint}]"
+    return None
 
 
 def _rows_by_part(chosen: pa.Table) -> Iterator[tuple[int, list[int]]]:

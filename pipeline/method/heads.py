@@ -280,8 +280,12 @@ def save_head(directory: Path, head: Head, config: dict[str, Any]) -> Path:
     tmp.mkdir()
     head.save_weights(tmp)
     (tmp / CONFIG).write_text(json.dumps({"head": head.name, **config}, indent=2, sort_keys=True) + "\n")
-    if directory.exists():
+    if (directory / CONFIG).exists():  # another process saved the same head first: keep it
         shutil.rmtree(tmp)
         return directory
+    if directory.exists():  # a broken folder (no config.json): replace it rather than keep it forever
+        broken = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.broken"
+        os.replace(directory, broken)
+        shutil.rmtree(broken, ignore_errors=True)
     os.replace(tmp, directory)
     return directory

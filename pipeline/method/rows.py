@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.engine.store import Store
+from pipeline.engine.errors import UsageError
+from pipeline.engine.store import Store, read_json
 
 LATEST = "LATEST"  # models/LATEST names the most recently fitted head's folder
 MANIFEST_LABELS = ["image_id", "label", "generator", "dataset", "split", "source_id", "perturbation"]
@@ -76,13 +77,25 @@ def rows_digest(rows: pl.DataFrame) -> str:
 
 
 def latest_model(store: Store) -> Path:
-    """The head folder `models/LATEST` names."""
+    """The head folder `models/LATEST` names (a folder name under models/, checked)."""
     marker = store.models / LATEST
     if not marker.exists():
         raise FileNotFoundError(f"no fitted head in {store.models}: run `item fit` first")
-    return store.models / marker.read_text().strip()
+    name = marker.read_text().strip()
+    folder = store.models / name
+    if not name or "/" in name or name.startswith(".") or not (folder / "config.json").is_file():
+        raise UsageError(f"{marker} names {name!r}, which is not a fitted head under {store.models}: run `item fit`")
+    return folder
+
+
+def is_item_head(folder: Path) -> bool:
+    """A complete ITEM head made by `item fit` (not a baseline, not a temporary or broken folder)."""
+    if folder.name.startswith(".") or not folder.is_dir():
+        return False
+    config = read_json(folder / "config.json")
+    return isinstance(config, dict) and "pipeline" in config and "features" in config
 
 
 def all_models(store: Store) -> list[Path]:
-    """Every head folder under models/ (those with a config.json)."""
-    return sorted(p.parent for p in store.models.glob("*/config.json")) if store.models.is_dir() else []
+    """Every ITEM head folder under models/ (baselines, temporary and broken folders left out)."""
+    return sorted(p for p in store.models.iterdir() if is_item_head(p)) if store.models.is_dir() else []

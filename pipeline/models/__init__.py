@@ -96,14 +96,25 @@ def loading(stage: str, model: str, revision: str | None = None) -> Iterator[Non
 
 
 def resolve_device(device: str) -> str:
-    """`auto` is the worker's pinned GPU (ITEM_DEVICE), else the first GPU torch sees, else the CPU."""
-    if device != "auto":
-        return device
-    if os.environ.get("ITEM_DEVICE"):
-        return os.environ["ITEM_DEVICE"]
-    import torch
+    """`auto` is the worker's pinned GPU (ITEM_DEVICE), else the first GPU torch sees, else the CPU.
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    A CUDA device that torch cannot see is a one-line error, not a traceback from deep in a model.
+    """
+    if device == "auto":
+        if os.environ.get("ITEM_DEVICE"):
+            return os.environ["ITEM_DEVICE"]
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= count:
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device (torch.cuda.is_available() is False)"
+            raise UsageError(f"--device {device}: torch sees {seen}; use --device cpu, or auto")
+    return device
 
 
 def torch_dtype(name: str):
