@@ -38,8 +38,9 @@ test: $(ENV_STAMP) ## run the test suite (offline)
 bench: $(ENV_STAMP) ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
 	$(OFFLINE) $(ITEM) bench
 
-soak: $(ENV_STAMP) ## the kill test with many more trials and images (minutes)
-	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests/pipeline/test_kill.py
+soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
+	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 ITEM_SOAK_STATES=300 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q \
+		tests/pipeline/test_kill.py tests/pipeline/test_store_state_machine.py
 
 lint: $(ENV_STAMP) ## ruff, and the layer contract (import-linter: engine never imports stages, no stage imports another)
 	$(PY) -m ruff check pipeline stages tests

@@ -176,6 +176,9 @@ class IngestStage(Job):
         size, mtime, image_id, status = seen[source.path]
         if status != STATUS_OK or image_id not in known:
             return False  # a failed file may be fixed now; a quarantined manifest part must be refilled
+        known_path = known[image_id][0]
+        if known_path != source.path and not os.path.exists(known_path):
+            return False  # the manifest points at a path that is gone: this one is the image's live path
         try:
             st = os.stat(source.path)
         except OSError:

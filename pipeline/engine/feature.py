@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,9 @@ from pipeline.engine.stage import (
 from pipeline.engine.store import PartDir, Store, part_name
 
 log = logging.getLogger(__name__)
+
+
+MISSING_FILE = "cannot read file: FileNotFoundError"  # how imageio reports a file that is not there
 
 
 class SystemicError(RuntimeError):
@@ -93,14 +97,36 @@ class FeatureStage(Stage):
                 f"none for this configuration: run {hint} first"
             )
         driver = source.key_table().column("image_id")
-        keys = self.store.features(self.name, self.fingerprint).key_table()
+        keys = self.output.key_table()
         if retry_errors:
             keys = keys.filter(pc.equal(keys.column("status"), STATUS_OK))
+        else:
+            keys = keys.filter(pc.invert(pc.is_in(keys.column("image_id"), value_set=self._readable_again(keys))))
         done = keys.column("image_id")
         mask = pc.invert(pc.is_in(driver, value_set=done))
         if ids is not None:
             mask = pc.and_(mask, pc.is_in(driver, value_set=pa.array(list(ids), pa.string())))
         return list(dict.fromkeys(driver.filter(mask).to_pylist()))
+
+    def _readable_again(self, keys: pa.Table) -> pa.Array:
+        """Ids whose current row says their file was missing, where the manifest's path exists now (the
+        file came back, or ingest found it at a new place): computed again without --retry-errors.
+        Costs nothing when there are no error rows; a file still missing stays an error row."""
+        current = self.output._current(keys)
+        errors = current.filter(pc.equal(current.column("status"), "error")).column("image_id")
+        if len(errors) == 0:
+            return pa.array([], pa.string())
+        reasons = self.output.read(["image_id", "error"], ids=errors.to_pylist())
+        missing = reasons.filter(pc.starts_with(reasons.column("error"), MISSING_FILE)).column("image_id")
+        if len(missing) == 0:
+            return pa.array([], pa.string())
+        paths = self.store.manifest.read(["image_id", "path"], ids=missing.to_pylist())
+        back = [
+            i
+            for i, p in zip(*(paths.column(c).to_pylist() for c in ("image_id", "path")), strict=True)
+            if os.path.exists(p)
+        ]
+        return pa.array(back, pa.string())
 
     def run(
         self,
@@ -109,7 +135,7 @@ class FeatureStage(Stage):
         progress: Progress | None = None,
         retry_errors: bool = False,
     ) -> RunStats:
-        out = self.store.features(self.name, self.fingerprint)
+        out = self.output
         new = not out.path.is_dir()
         if new and not self.todo(ids):  # nothing to do: leave no empty folder behind
             return RunStats(self.name, self.fingerprint)

@@ -44,7 +44,7 @@ def start(store: Store, stage: str, write_delay: float) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.app.cli",
+        "pipeline",
         stage,
         "--data-dir",
         str(store.root),

@@ -75,15 +75,21 @@ def test_extreme_shapes_follow_the_documented_rules(tmp_path):
             assert 0 <= obj["box"][1] < obj["box"][3] <= row["height"]
 
 
-def test_a_file_that_hangs_gets_a_timeout_row_and_the_run_goes_on(tmp_path):
+def test_a_file_that_hangs_gets_a_timeout_row_and_the_run_goes_on(tmp_path, caplog):
     root = tmp_path / "in"
     root.mkdir()
     Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "good.png")
     os.mkfifo(root / "stuck.png")  # opening a FIFO blocks forever: a stalled mount, for example
     store = Store(tmp_path / "data")
     config = resolve("tiny", {"ingest": {"decode_timeout": 2}}, {"device": "cpu"})
+    # Found in a folder, a FIFO is not a file to read: skipped with one line, at no cost.
     stats = run_stage("ingest", config, store, inputs=[root])
-    assert (stats.ok, stats.error) == (1, 1)
+    assert (stats.ok, stats.error, stats.todo) == (1, 0, 1)
+    assert any("stuck.png: not a regular file" in m for m in caplog.messages)
+    # Named in a list, it is read as asked: the read that never returns costs one time-limited row.
+    (tmp_path / "list.csv").write_text(f"path\n{root / 'stuck.png'}\n")
+    stats = run_stage("ingest", config, store, inputs=[tmp_path / "list.csv"])
+    assert (stats.ok, stats.error) == (0, 1)
     errors = pl.from_arrow(store.manifest.read()).filter(pl.col("status") == "error")["error"].to_list()
     assert errors == ["decode timed out: no result after 2s (ingest.decode_timeout)"]
 
