@@ -111,31 +111,51 @@ class TransformersGroundingDino:
             _ = self._loaded
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
+        """Objects per image. Images are run together only with images that the processor resizes to
+        the same shape: a batch of mixed sizes would be padded to its largest, and the backbone would
+        see that padding, so an image's objects would depend on its batch mates (and on batch size,
+        chunking, resume point and executor). Bucketing keeps every image's result its own."""
+        padded = [pad_to_aspect(im) for im in images]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for k, im in enumerate(padded):
+            buckets.setdefault(self.resized_shape(im), []).append(k)
+        out: list[list[Obj]] = [[] for _ in images]
+        for members in buckets.values():
+            found = self._forward([padded[k] for k in members], [captions[k] for k in members])
+            for k, objects in zip(members, found, strict=True):
+                out[k] = finish(objects, images[k].width, images[k].height, self.cfg.max_objects)
+        return out
+
+    def resized_shape(self, image) -> tuple[int, int]:
+        """(height, width) the processor resizes `image` to (shortest_edge / longest_edge rule)."""
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        h, w = get_size_with_aspect_ratio((image.height, image.width), self.cfg.shortest_edge, self.cfg.longest_edge)
+        return int(h), int(w)
+
+    def _forward(self, images: list, captions: list[str]) -> list[list[Obj]]:
+        """One model call on images of one resized shape: raw objects in pixels of each (padded) image."""
         import torch
 
         model, processor = self._loaded
-        originals = [(im.height, im.width) for im in images]
-        images = [pad_to_aspect(im) for im in images]
         inputs = processor(images=images, text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
         with torch.inference_mode():
             outputs = model(**inputs)
-        sizes = [(im.height, im.width) for im in images]
         results = processor.post_process_grounded_object_detection(
             outputs,
             input_ids=inputs["input_ids"],
             threshold=self.cfg.box_threshold,
             text_threshold=self.cfg.text_threshold,
-            target_sizes=sizes,
+            target_sizes=[(im.height, im.width) for im in images],
         )
-        out = []
-        for r, (h, w) in zip(results, originals, strict=True):
-            objects = [
-                {"phrase": p, "box": b, "score": s}
-                for p, b, s in zip(
+        return [
+            [
+                {"phrase": p, "box": b, "score": sc}
+                for p, b, sc in zip(
                     r["text_labels"], r["boxes"].float().tolist(), r["scores"].float().tolist(), strict=True
                 )
             ]
-            out.append(finish(objects, w, h, self.cfg.max_objects))
-        return out
+            for r in results
+        ]

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline.app.runner import make_stage, run_stage, status
 from pipeline.engine.config import resolve
+from pipeline.engine.errors import UsageError
 from pipeline.engine.store import Store, StoreError, check_parts
 from tests.conftest import tiny
 
@@ -94,7 +95,7 @@ def test_a_file_that_hangs_gets_a_timeout_row_and_the_run_goes_on(tmp_path, capl
     assert errors == ["decode timed out: no result after 2s (ingest.decode_timeout)"]
 
 
-def test_retry_errors_recomputes_only_the_errored_rows(tmp_path, image_root):
+def test_a_file_that_was_missing_is_computed_again_once_it_is_back(tmp_path, image_root):
     store = Store(tmp_path / "data")
     config = tiny()
     root = tmp_path / "imgs"
@@ -105,9 +106,9 @@ def test_retry_errors_recomputes_only_the_errored_rows(tmp_path, image_root):
     first = run_stage("caption", config, store)
     assert first.error == 1 and "cannot read file" in next(iter(first.errors))
     (tmp_path / "away.png").rename(moved)
-    assert run_stage("caption", config, store).todo == 0  # a plain re-run keeps the error
-    retried = run_stage("caption", config, store, retry_errors=True)
-    assert (retried.todo, retried.ok, retried.error) == (1, 1, 0)
+    back = run_stage("caption", config, store)  # the file is back: a plain re-run computes it again
+    assert (back.todo, back.ok, back.error) == (1, 1, 0)
+    assert run_stage("caption", config, store, retry_errors=True).todo == 0  # nothing left in error
     rows = stage_rows(store, "caption")
     assert (rows["status"] == "ok").all() and rows.height == 12
 
@@ -134,7 +135,7 @@ def test_a_manifest_cannot_make_a_stage_write_outside_the_data_directory(tmp_pat
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "evil.csv").write_text(
-        "path,generator,dataset,split\n../outside/ok.png,../../escape,/tmp/evil,../../split\n/etc/hostname,..,..,\n"
+        "path,generator,dataset,split\n../outside/ok.png,../../escape,/tmp/evil,\n/etc/hostname,..,..,\n"
     )
     before = {p for p in tmp_path.rglob("*")}
     store = Store(tmp_path / "data")
@@ -147,6 +148,9 @@ def test_a_manifest_cannot_make_a_stage_write_outside_the_data_directory(tmp_pat
     manifest = pl.from_arrow(store.manifest.read())
     assert sorted(manifest["status"].to_list()) == ["error", "ok"]  # /etc/hostname is read, and rejected
     assert str(outside / "ok.png") in manifest["path"].to_list()  # relative to the list file
+    (lists / "split.csv").write_text("path,split\n../outside/ok.png,../../split\n")
+    with pytest.raises(UsageError, match="split '../../split' is not one of train, val, test"):
+        run_stage("ingest", config, store, inputs=[lists / "split.csv"])
 
 
 def test_ingest_from_a_script_on_stdin_decodes_in_process(tmp_path):
