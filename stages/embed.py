@@ -30,6 +30,9 @@ def crop_box(image, box: list[float]):
 @STAGES.register("embed")
 class EmbedStage(FeatureStage):
     name = "embed"
+    # 2: the whole-image crop is torchvision's CenterCrop (rounding like the reference) and object crops
+    # use open_clip's own preprocessing unless extreme: pixels differ from version 1 on some images.
+    version = 2
     inputs = ("ground", "caption", "manifest")
     driver_columns = ("objects",)
     lookup_columns = {"caption": ("caption",), "manifest": ("path",)}

@@ -301,6 +301,16 @@ PROFILES.register("tiny")(
         "fit": {"hidden_dim": 64, "batch_size": 16},  # small sets need more steps per epoch
     }
 )
+# The paper's settings on the tiny models (thresholds 0.35/0.25, 800/1333 resize, bf16, 16 objects,
+# 30 new tokens): every branch a real run takes, offline, for the tests.
+PROFILES.register("tiny-paper")(
+    {
+        "caption": {"model": "tiny/blip2", "min_new_tokens": 3},
+        "ground": {"model": "tiny/grounding-dino"},
+        "embed": {"model": "tiny/clip", "pretrained": "none"},
+        "fit": {"hidden_dim": 64, "batch_size": 16},
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,15 @@ def embed_dim(cfg: EmbedConfig) -> int:
     return int(model_cfg["embed_dim"])
 
 
+MAX_RESIZE_FIRST_ASPECT = 20.0  # beyond this, crop first: resizing first would make a huge intermediate
+
+
 def square_resize(image, size: int):
     """Resize the short side to `size` and centre-crop the long side, done as crop-then-resize.
 
-    The same pixels as resizing first (open_clip's preprocessing), without materialising a huge
-    intermediate for extreme shapes (a 20000x4 image would become 1,120,000x224 first).
+    For extreme shapes only (past MAX_RESIZE_FIRST_ASPECT): resizing first, as open_clip does, would
+    materialise a huge intermediate (a 20000x4 image would become 1,120,000x224). Near the crop's
+    edges the pixels differ slightly from resize-then-crop (the filter sees no neighbours there).
     """
     from PIL import Image
 
@@ -102,16 +106,22 @@ class ClipEncoder:
         return T.Compose([T.ToTensor(), [t for t in self._loaded[1].transforms if isinstance(t, T.Normalize)][0]])
 
     def image_transform(self, image):
-        """The whole image: a plain centre crop at the input size (the paper), or resize-then-crop."""
+        """The whole image: the paper's plain centre crop at the input size (torchvision's CenterCrop,
+        so the same pixels as the reference), or open_clip's resize-then-crop (`image_crop:
+        resize_center`). An image smaller than the input size on a side is resized the open_clip way."""
+        from torchvision import transforms as T
+
         size = self.input_size
         if self.cfg.image_crop == "center" and min(image.size) >= size:
-            w, h = image.size
-            left, top = (w - size) // 2, (h - size) // 2
-            return self._normalize(image.crop((left, top, left + size, top + size)))
-        return self._normalize(square_resize(image, size))
+            return self._normalize(T.CenterCrop(size)(image))
+        return self.crop_transform(image)
 
     def crop_transform(self, image):
-        """An object crop: open_clip's resize-short-side-then-centre-crop."""
+        """An object crop: open_clip's own preprocessing (resize the short side, centre crop,
+        normalise); past MAX_RESIZE_FIRST_ASPECT, crop first (see `square_resize`)."""
+        w, h = image.size
+        if max(w, h) <= MAX_RESIZE_FIRST_ASPECT * min(w, h):
+            return self._loaded[1](image)
         return self._normalize(square_resize(image, self.input_size))
 
     def encode_images(self, batch) -> Any:
