@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX, EmbedConfig
 from pipeline.engine.errors import UsageError
-from pipeline.models import ENCODERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
+from pipeline.models import ENCODERS, LOAD_COUNTS, loading, resolve_device
 from pipeline.models.tiny import CLIP_CONFIG, build_tiny
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,15 @@ class ClipEncoder:
         if pretrained is None:
             root.addFilter(quiet)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+            # bf16/fp16: open_clip's own mixed precision (LayerNorm in float32), not a cast of the whole model
+            precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.cfg.dtype]
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, precision=precision, device=self.device
+            )
         finally:
             root.removeFilter(quiet)
         LOAD_COUNTS["clip"] += 1
-        model = model.to(device=self.device, dtype=torch_dtype(self.cfg.dtype)).eval()
-        return model, preprocess, open_clip.get_tokenizer(name)
+        return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
     def load(self) -> None:
         """Load the model now (the stage calls this before its first chunk)."""
@@ -130,8 +133,16 @@ class ClipEncoder:
 
         model = self._loaded[0]
         with torch.inference_mode():
-            out = model.encode_image(batch.to(self.device, dtype=next(model.parameters()).dtype))
+            out = model.encode_image(batch.to(self.device, dtype=self._input_dtype))
         return out.float().cpu()
+
+    @cached_property
+    def _input_dtype(self):
+        """The dtype the image tower's first convolution takes (its weights': low precision in bf16)."""
+        import torch
+
+        visual = self._loaded[0].visual
+        return next((m.weight.dtype for m in visual.modules() if isinstance(m, torch.nn.Conv2d)), torch.float32)
 
     def encode_texts(self, texts: list[str]) -> Any:
         """Raw (unnormalised) text embeddings, float32 on the CPU."""
