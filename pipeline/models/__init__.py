@@ -73,11 +73,41 @@ def shared_backend(kind: str, factory: Callable[[Any, str], Any], cfg: Any, devi
     return _BACKENDS[key]
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _needs_hub(model: str) -> bool:
+    """A hub id that is not in the local cache (so loading it would go to the network)."""
+    if model.startswith(("tiny/", ".", "/", "~")) or " " in model or "/" not in model or Path(model).expanduser().exists():
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return not isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # an old or absent huggingface_hub: let the loader decide
+        return False
+
+
 @contextmanager
 def loading(stage: str, model: str, revision: str | None = None) -> Iterator[None]:
     """Turn a failure to load a stage's model into one line that says which model, where it was
-    looked for and how to point the configuration elsewhere (the traceback stays under -v)."""
+    looked for and how to point the configuration elsewhere (the traceback stays under -v).
+
+    A hub id that is not cached, with no network, fails in seconds instead of after the hub
+    client's retries."""
     try:
+        if not os.environ.get("HF_HUB_OFFLINE") and _needs_hub(model) and not hub_reachable():
+            raise ConnectionError("the Hugging Face hub cannot be reached (no network?) and the model is not cached")
         yield
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:300].rstrip(".")
