@@ -88,7 +88,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _needs_hub(model: str) -> bool:
     """A hub id that is not in the local cache (so loading it would go to the network)."""
-    if model.startswith(("tiny/", ".", "/", "~")) or " " in model or "/" not in model or Path(model).expanduser().exists():
+    local = model.startswith(("tiny/", ".", "/", "~")) or Path(model).expanduser().exists()
+    if local or " " in model or "/" not in model:  # a local path, a tiny model, or not a hub id
         return False
     try:
         from huggingface_hub import try_to_load_from_cache
