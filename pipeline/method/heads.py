@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.engine.config import FitConfig
+from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -250,11 +251,17 @@ class FittedHead:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.config = json.loads((self.directory / CONFIG).read_text())
-        fit = self.config["fit"]
-        self.fit_cfg = FitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fit.items()})
-        self.head: Head = HEADS.get(self.config["head"])(self.fit_cfg)
-        self.head.load_weights(self.directory)
+        try:
+            self.config = json.loads((self.directory / CONFIG).read_text())
+            fit = self.config["fit"]
+            self.fit_cfg = FitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fit.items()})
+            self.head: Head = HEADS.get(self.config["head"])(self.fit_cfg)
+            self.head.load_weights(self.directory)
+        except Exception as e:  # a damaged folder: one line naming it, not a traceback from a reader
+            raise UsageError(
+                f"cannot load the head in {self.directory}: {type(e).__name__}: {str(e)[:200]} "
+                "(delete the folder and run `item fit` to make it again)"
+            ) from e
         self.calibration = self.config.get("calibration") or {"temperature": 1.0, "threshold": 0.5}
 
     @property

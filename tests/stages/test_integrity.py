@@ -247,3 +247,34 @@ def test_a_data_directory_that_cannot_be_written_is_one_clear_error(tmp_path):
     store = Store("/sys/item-data")  # sysfs refuses new folders even to root, like a read-only mount
     with pytest.raises(StoreError, match="cannot write /sys/item-data.*permission denied"):
         run_stage("ingest", tiny(), store, inputs=[folder(tmp_path / "in")])
+
+
+def test_f11_a_garbage_head_file_is_one_clear_error(full_run, tmp_path):
+    shutil.copytree(full_run.root, tmp_path / "data")
+    store = Store(tmp_path / "data")
+    head = make_stage("fit", tiny(), store).model_dir
+    (head / "model.safetensors").write_bytes(b"\x00garbage, not safetensors")
+    (head / "metrics.json").unlink(missing_ok=True)
+    with pytest.raises(UsageError, match=f"cannot load the head in {head}"):
+        run_stage("evaluate", tiny(), store)
+
+
+def test_f11_a_cuda_device_without_a_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    src = folder(tmp_path / "in", n=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    data = ["--data-dir", str(tmp_path / "d"), "--profile", "tiny"]
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "ingest", str(src), *data], env=env, check=True, capture_output=True
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "caption", *data, "--device", "cuda"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--device cuda: torch sees no CUDA device" in out.stderr
