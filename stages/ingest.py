@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from pipeline.engine import locations
 from pipeline.engine.job import Job
 from pipeline.engine.probe import Prober, failed
 from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
@@ -110,7 +110,8 @@ class IngestStage(Job):
                             stats.count_error(row["error"])
                         continue
                     known_path, known_label = known[image_id]
-                    if known_path != source.path and row["status"] == STATUS_OK and not os.path.exists(known_path):
+                    gone = not locations.exists(known_path)
+                    if known_path != source.path and row["status"] == STATUS_OK and gone:
                         moved[image_id] = source.path
                     if None not in (known_label, source.label) and known_label != source.label:
                         log.warning(
@@ -177,13 +178,9 @@ class IngestStage(Job):
         if status != STATUS_OK or image_id not in known:
             return False  # a failed file may be fixed now; a quarantined manifest part must be refilled
         known_path = known[image_id][0]
-        if known_path != source.path and not os.path.exists(known_path):
+        if known_path != source.path and not locations.exists(known_path):
             return False  # the manifest points at a path that is gone: this one is the image's live path
-        try:
-            st = os.stat(source.path)
-        except OSError:
-            return False
-        return (size, mtime) == (st.st_size, st.st_mtime_ns)
+        return locations.stat(source.path) == (size, mtime)  # a member: its container unchanged
 
     def _manifest_row(self, source: Source, probe: dict[str, Any]) -> dict[str, Any]:
         row = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +17,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.engine import locations
 from pipeline.engine.executors import Executor, InProcessExecutor
 from pipeline.engine.progress import Progress
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
@@ -124,7 +124,7 @@ class FeatureStage(Stage):
         back = [
             i
             for i, p in zip(*(paths.column(c).to_pylist() for c in ("image_id", "path")), strict=True)
-            if os.path.exists(p)
+            if locations.exists(p)
         ]
         return pa.array(back, pa.string())
 

@@ -218,17 +218,21 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, image_id: str | None = None) -> Image.Image:
-    """Read a file and decode it to RGB (same rules as `decode`).
+    """Read a file (or any location: archive member, Parquet row, URL) and decode it to RGB (same rules
+    as `decode`).
 
     With `image_id`, the bytes read must be that image's (their sha256): a row is never computed from
     bytes other than the ones its id names, so a file replaced after ingest is an error, not a feature.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        hint = " (moved? ingest it from its new place)" if isinstance(e, FileNotFoundError) else ""
-        raise ImageDecodeError(f"cannot read file: {type(e).__name__}: {e.strerror or e}{hint}") from None
+    from pipeline.engine import locations
+
+    return _checked_decode(path, locations.read_many([path])[0], image_id, max_pixels)
+
+
+def _checked_decode(path: str, data: bytes | OSError, image_id: str | None, max_pixels: int) -> Image.Image:
+    if isinstance(data, OSError):
+        hint = " (moved? ingest it from its new place)" if isinstance(data, FileNotFoundError) else ""
+        raise ImageDecodeError(f"cannot read file: {type(data).__name__}: {data.strerror or data}{hint}")
     if image_id is not None and hashlib.sha256(data).hexdigest() != image_id:
         raise ImageDecodeError(
             f"file changed since ingest: {path} no longer holds the bytes of this image; re-ingest it "
@@ -237,9 +241,11 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, image_id: str | No
     return decode(data, max_pixels)[0]
 
 
-def _load_or_error(path: str, image_id: str, max_pixels: int) -> Image.Image | ImageDecodeError:
+def _decode_or_error(
+    path: str, data: bytes | OSError, image_id: str, max_pixels: int
+) -> Image.Image | ImageDecodeError:
     try:
-        return load_rgb(path, max_pixels, image_id)
+        return _checked_decode(path, data, image_id, max_pixels)
     except ImageDecodeError as e:
         return e
 
@@ -247,9 +253,14 @@ def _load_or_error(path: str, image_id: str, max_pixels: int) -> Image.Image | I
 def load_images(
     paths: list[str], image_ids: list[str], max_pixels: int, threads: int
 ) -> list[Image.Image | ImageDecodeError]:
-    """RGB images for `paths` in order, each checked against its image_id, decoded in threads; a file
-    that fails (unreadable, changed since ingest, undecodable) gives its error in its place."""
+    """RGB images for `paths` in order, each checked against its image_id; bytes are read with one open
+    per container (a tar shard, a Parquet file), then decoded in threads. A file that fails
+    (unreadable, changed since ingest, undecodable) gives its error in its place."""
+    from pipeline.engine import locations
+
+    datas = locations.read_many(paths)
+    args = (paths, datas, image_ids, [max_pixels] * len(paths))
     if threads <= 1 or len(paths) <= 1:
-        return [_load_or_error(p, i, max_pixels) for p, i in zip(paths, image_ids, strict=True)]
+        return list(map(_decode_or_error, *args))
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(_load_or_error, paths, image_ids, [max_pixels] * len(paths)))
+        return list(pool.map(_decode_or_error, *args))

@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from pipeline.engine import locations
 from pipeline.engine.imageio import ImageDecodeError, decode
 from pipeline.engine.keys import image_id_of_bytes
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
@@ -25,19 +26,27 @@ log = logging.getLogger(__name__)
 
 
 def probe_file(path: str, max_pixels: int) -> dict[str, Any]:
-    """image_id, size, mtime and (if it decodes) format and dimensions of one file."""
+    """image_id, size, mtime and (if it decodes) format and dimensions of one file or location
+    (an archive member, a Parquet row, a URL: size and mtime are then its container's)."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        if locations.kind(path) == "file":
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+            size, mtime = st.st_size, st.st_mtime_ns
+        else:
+            data = locations.read(path)
+            if isinstance(data, Exception):
+                raise data
+            size, mtime = locations.stat(path) or (None, None)
     except OSError as e:
         # No bytes, no content key: the id is derived from the path so the failure still has a row.
         return failed(path, f"cannot read file: {type(e).__name__}: {e.strerror or e}")
     row: dict[str, Any] = {
         "image_id": image_id_of_bytes(data),
         "n_bytes": len(data),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        "size": size,
+        "mtime_ns": mtime,
         "status": STATUS_OK,
         "error": None,
     }

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 import stat
+import tarfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipeline.engine import locations
 from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
 
@@ -105,8 +109,140 @@ def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "a
             path = Path(dirpath) / name
             if not _regular(path):
                 continue
+            if path.suffix.lower() in locations.ARCHIVES:  # webdataset shards, zipped trees: their members
+                try:
+                    yield from _archive(str(path), path.suffix.lower(), dataset, layout)
+                except UsageError as e:  # one broken shard among many: one line, and the rest goes on
+                    log.warning("%s", e)
+                continue
             label, generator, split = rule(path.relative_to(root).parts[:-1], root.name)
             yield _named(Source(str(path), label, generator, dataset or root.name, split))
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+SIDECAR_SUFFIXES = (".json", ".txt", ".cls")
+
+
+def sources_from_member_names(
+    container: str, names: list[str], root_name: str, dataset: str | None, layout: str
+) -> Iterator[Source]:
+    """Members of a zip or a folder listing (sorted): the folder layout rules apply to their paths."""
+    rule = LAYOUTS.get(layout)
+    for name in sorted(names):
+        parts = PurePosixPath(name).parts
+        if not parts or any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
+            continue
+        label, generator, split = rule(parts[:-1], root_name)
+        yield Source(f"{container}{locations.SEP}{name}", label, generator, dataset or root_name, split)
+
+
+def sources_from_zip(path: str, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
+    """A zip of a dataset tree (GenImage, CNNDetection): its folders give labels, generators, splits."""
+    with locations.open_binary(path) as f, zipfile.ZipFile(f) as z:
+        names = [i.filename for i in z.infolist() if not i.is_dir()]
+    stem = _stem(path)
+    yield from sources_from_member_names(path, names, stem, dataset, layout)
+
+
+def sources_from_tar(path: str, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
+    """A webdataset / img2dataset shard: members grouped by key (the name up to its first dot); the
+    image member of each key is one image, labelled by its `.json` sidecar (label, generator, split,
+    caption) or `.cls`/`.txt` class, else by the folder layout of the member's path."""
+    names = locations.tar_members(path)
+    by_key: dict[str, dict[str, str]] = {}
+    for name in names:
+        directory, _, base = name.rpartition("/")
+        key, dot, ext = base.partition(".")
+        by_key.setdefault(f"{directory}/{key}" if directory else key, {})[f"{dot}{ext}".lower()] = name
+    rule = LAYOUTS.get(layout)
+    stem = _stem(path)
+    sidecars = {k: m for k, m in by_key.items() if any(e in m for e in SIDECAR_SUFFIXES)}
+    texts = dict(zip(sidecars, _sidecar_bytes(path, sidecars), strict=True))
+    for key in sorted(by_key):
+        members = by_key[key]
+        image = next((m for e, m in sorted(members.items()) if "." + e.rsplit(".", 1)[-1] in IMAGE_SUFFIXES), None)
+        if image is None:
+            continue
+        label, generator, split = rule(PurePosixPath(image).parts[:-1], stem)
+        meta = texts.get(key, {})
+        yield Source(
+            f"{path}{locations.SEP}{image}",
+            _parse_label(meta.get("label"), Path(path)) if meta.get("label") is not None else label,
+            _str_or_none(meta.get("generator")) or generator,
+            _str_or_none(meta.get("dataset")) or dataset or stem,
+            _split_value(meta.get("split"), path) or split,
+            _str_or_none(meta.get("caption")),
+        )
+
+
+def _sidecar_bytes(path: str, sidecars: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Per key, its sidecar's fields: the JSON object, or {"label": text} from .cls / .txt."""
+    chosen = [next(m[e] for e in SIDECAR_SUFFIXES if e in m) for m in sidecars.values()]
+    out = []
+    for name, data in zip(chosen, locations.read_many([f"{path}{locations.SEP}{n}" for n in chosen]), strict=True):
+        if isinstance(data, Exception):
+            out.append({})
+        elif name.endswith(".json"):
+            try:
+                value = json.loads(data.decode("utf-8", "replace"))
+            except ValueError:
+                value = {}
+            out.append(value if isinstance(value, dict) else {})
+        else:
+            out.append({"label": data.decode("utf-8", "replace").strip()})
+    return out
+
+
+HF_SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
+
+
+def sources_from_image_parquet(path: str, frame, dataset: str | None = None) -> Iterator[Source]:
+    """A Hugging Face style Parquet (an `image` column of struct<bytes, path> or binary): one image per
+    row, with `label`/`generator`/`split`/`caption` columns if present; the split also comes from
+    HF's file naming (`train-00000-of-00004.parquet`, `test-...`)."""
+    name = PurePosixPath(path).name
+    from_name = next((v for k, v in HF_SPLITS.items() if name.startswith(f"{k}-") or name == f"{k}.parquet"), None)
+    where = Path(path)
+    for row_number, row in enumerate(frame.iter_rows(named=True)):
+        yield Source(
+            f"{path}{locations.SEP}{row_number}",
+            _parse_label(row.get("label"), where),
+            _str_or_none(row.get("generator")),
+            _str_or_none(row.get("dataset")) or dataset or _stem(path),
+            _split_value(row.get("split"), path) or from_name,
+            _str_or_none(row.get("caption")),
+        )
+
+
+def sources_from_url_folder(url: str, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
+    """Every object under an fsspec URL prefix (s3://bucket/imgs/), its key's folders giving labels."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    protocol = url.split("://", 1)[0]
+    rule = LAYOUTS.get(layout)
+    root = root.rstrip("/")
+    root_name = PurePosixPath(root).name
+    for key in sorted(fs.find(root)):
+        relative = PurePosixPath(key).relative_to(root)
+        if any(p.startswith(".") for p in relative.parts):
+            continue
+        label, generator, split = rule(relative.parts[:-1], root_name)
+        yield Source(f"{protocol}://{key}", label, generator, dataset or root_name, split)
+
+
+def _split_value(value: Any, where: str) -> str | None:
+    text = _str_or_none(value)
+    if text is None:
+        return None
+    text = HF_SPLITS.get(text.lower(), text)
+    if text not in SPLIT_DIRS:
+        raise UsageError(f"{where}: split {value!r} is not one of {', '.join(SPLIT_DIRS)}")
+    return text
+
+
+def _stem(path: str) -> str:
+    return PurePosixPath(path.rstrip("/")).name.split(".")[0]
 
 
 def _regular(path: Path) -> bool:
@@ -140,22 +276,33 @@ def _named(source: Source) -> Source:
         )
 
 
-def sources_from_list(path: Path, dataset: str | None = None) -> Iterator[Source]:
-    """Rows of a CSV or Parquet list; relative paths are resolved against the list's folder."""
+def sources_from_list(path: Path | str, dataset: str | None = None) -> Iterator[Source]:
+    """Rows of a CSV or Parquet list; relative paths are resolved against the list's folder. A Parquet
+    with an `image` column and no `path` column holds the images themselves (Hugging Face datasets)."""
     frame = read_list(path)
+    if "path" not in frame.columns:
+        yield from sources_from_image_parquet(str(path), frame.drop(IMAGE_COLUMNS_TO_DROP, strict=False), dataset)
+        return
+    if isinstance(path, str):  # a list at a URL: its paths are URLs or relative to it
+        path = _UrlPath(path)
     base = path.resolve().parent
     for number, row in enumerate(frame.iter_rows(named=True), start=2 if path.suffix == ".csv" else 1):
         if _str_or_none(row["path"]) is None:
             log.warning("%s: row %d has no path: skipped", path, number)
             continue
-        p = Path(str(row["path"]))
+        text = str(row["path"])
+        p = Path(text)
         label = _parse_label(row.get("label"), path)
         split = _str_or_none(row.get("split"))
         if split is not None and split not in SPLIT_DIRS:
             raise UsageError(f"{path}: row {number}: split {split!r} is not one of {', '.join(SPLIT_DIRS)}")
+        if locations.is_url(text) or locations.SEP in text or p.is_absolute():
+            where = text  # a URL, an archive member or an absolute path: as given
+        else:
+            where = str((base / p).resolve())
         yield _named(
             Source(
-                str(p if p.is_absolute() else (base / p).resolve()),
+                where,
                 label,
                 _str_or_none(row.get("generator")),
                 _str_or_none(row.get("dataset")) or dataset or path.stem,
@@ -165,21 +312,61 @@ def sources_from_list(path: Path, dataset: str | None = None) -> Iterator[Source
         )
 
 
-def read_list(path: Path):
-    """A CSV (UTF-8) or Parquet list as a polars frame with a `path` column, or one clear error."""
-    import polars as pl
+IMAGE_COLUMNS_TO_DROP = ["image"]  # the bytes stay in the file: a location is read when needed
 
+
+def read_list(path: Path | str):
+    """A CSV (UTF-8) or Parquet list as a polars frame with a `path` column (or an `image` column), or
+    one clear error."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    suffix = PurePosixPath(str(path)).suffix.lower()
     try:
-        frame = pl.read_csv(path, infer_schema=False) if path.suffix.lower() == ".csv" else pl.read_parquet(path)
+        if suffix == ".csv":
+            with locations.open_binary(str(path)) as f:
+                frame = pl.read_csv(f.read(), infer_schema=False)
+        else:
+            with locations.open_binary(str(path)) as f:
+                names = pq.read_schema(f).names
+                f.seek(0)
+                # image bytes are not read here: only the other columns
+                frame = pl.from_arrow(pq.read_table(f, columns=[c for c in names if c != "image"]))
+                if "image" in names and "path" not in names:
+                    frame = frame.with_columns(pl.lit(None).alias("image"))
     except pl.exceptions.NoDataError:
         raise UsageError(f"{path}: the list is empty (it needs a header row with a 'path' column)") from None
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as e:
         what = "a UTF-8 CSV file" if path.suffix.lower() == ".csv" else "a Parquet file"
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"{path}: cannot read the list as {what} ({type(e).__name__}: {first})") from e
-    if "path" not in frame.columns:
-        raise UsageError(f"{path}: a list needs a 'path' column (has: {', '.join(frame.columns)})")
+    if "path" not in frame.columns and "image" not in frame.columns:
+        raise UsageError(
+            f"{path}: a list needs a 'path' column, or an 'image' column (has: {', '.join(frame.columns)})"
+        )
     return frame
+
+
+class _UrlPath:
+    """Just enough of a Path for a list at a URL: relative entries resolve against its folder."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.suffix = PurePosixPath(url).suffix
+        self.stem = PurePosixPath(url).stem
+
+    def resolve(self) -> _UrlPath:
+        return self
+
+    @property
+    def parent(self) -> _UrlPath:
+        return _UrlPath(self.url.rsplit("/", 1)[0])
+
+    def __truediv__(self, other: Any) -> _UrlPath:
+        return _UrlPath(f"{self.url}/{other}")
+
+    def __str__(self) -> str:
+        return self.url
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -195,18 +382,18 @@ def _parse_label(value: Any, where: Path) -> int | None:
     return LABEL_WORDS[key]
 
 
-def expand(inputs: Iterable[str | Path]) -> list[Path]:
-    """Paths as given, with shell-style globs (`*`, `?`, `[`) expanded in sorted order."""
-    out: list[Path] = []
+def expand(inputs: Iterable[str | Path]) -> list[str]:
+    """Inputs as given, with shell-style globs (`*`, `?`, `[`) expanded in sorted order (URLs as they are)."""
+    out: list[str] = []
     for item in inputs:
         text = str(item)
-        if any(c in text for c in "*?[") and not Path(text).exists():
+        if not locations.is_url(text) and any(c in text for c in "*?[") and not Path(text).exists():
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"no file matches {text}")
-            out.extend(Path(m) for m in matches)
+            out.extend(matches)
         else:
-            out.append(Path(text))
+            out.append(text)
     return out
 
 
@@ -217,7 +404,8 @@ def discover(
     generator: str | None = None,
     split: str | None = None,
 ) -> Iterator[Source]:
-    """Sources from folders, list files, globs and single image files; `generator`/`split` override."""
+    """Sources from folders, lists, archives, Parquet with images, URLs, globs and single files;
+    `generator`/`split` override what the inputs say."""
     if split is not None and split not in SPLIT_DIRS:
         raise UsageError(f"--split {split!r} is not one of {', '.join(SPLIT_DIRS)}")
     for source in _discover(expand(inputs), dataset, layout):
@@ -226,17 +414,45 @@ def discover(
         yield source
 
 
-def _discover(inputs: list[Path], dataset: str | None, layout: str) -> Iterator[Source]:
-    for path in inputs:
-        if path.is_dir():
-            yield from sources_from_folder(path, dataset, layout)
-        elif path.suffix.lower() in LIST_SUFFIXES:
-            yield from sources_from_list(path, dataset)
-        elif path.exists():
-            if _regular(path):
-                yield _named(Source(str(path.resolve()), dataset=dataset or path.parent.name))
+def _discover(inputs: list[str], dataset: str | None, layout: str) -> Iterator[Source]:
+    for text in inputs:
+        url = locations.is_url(text)
+        suffix = PurePosixPath(text).suffix.lower()
+        if url and (text.endswith("/") or not suffix):
+            yield from _url_folder(text, dataset, layout)
+        elif suffix == ".tar" or suffix == ".zip":
+            where = text if url else str(Path(text).resolve())
+            if not url and not Path(text).is_file():
+                raise FileNotFoundError(f"no such file or folder: {text}")
+            yield from _archive(where, suffix, dataset, layout)
+        elif suffix in LIST_SUFFIXES and (url or Path(text).is_file()):
+            yield from sources_from_list(text if url else Path(text), dataset)
+        elif url:
+            yield Source(text, dataset=dataset or PurePosixPath(text).parent.name)
+        elif Path(text).is_dir():
+            yield from sources_from_folder(Path(text), dataset, layout)
+        elif Path(text).exists():
+            if _regular(Path(text)):
+                yield _named(Source(str(Path(text).resolve()), dataset=dataset or Path(text).parent.name))
         else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            raise FileNotFoundError(f"no such file or folder: {text}")
+
+
+def _archive(path: str, suffix: str, dataset: str | None, layout: str) -> Iterator[Source]:
+    try:
+        if suffix == ".tar":
+            yield from sources_from_tar(path, dataset, layout)
+        else:
+            yield from sources_from_zip(path, dataset, layout)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: cannot read the archive ({type(e).__name__}: {e})") from e
+
+
+def _url_folder(url: str, dataset: str | None, layout: str) -> Iterator[Source]:
+    try:
+        yield from sources_from_url_folder(url, dataset, layout)
+    except (OSError, ValueError, ImportError) as e:
+        raise UsageError(f"{url}: cannot list it ({type(e).__name__}: {e}); check the bucket and credentials") from e
 
 
 def derived_split(image_id: str, fractions: tuple[float, float, float]) -> str:
