@@ -36,7 +36,7 @@ def test_paper_profile_is_the_papers_setup():
     assert config.stage("embed").image_crop == "center"
     fit = config.stage("fit")
     assert (fit.epochs, fit.lr, fit.weight_decay, fit.w1, fit.w2) == (50, 1e-3, 1e-3, 1.0, 1.0)
-    assert PROFILES.names() == ["blip", "clip-b16", "clip-rn50", "llava", "paper", "tiny"]
+    assert PROFILES.names() == ["blip", "clip-b16", "clip-rn50", "llava", "paper", "tiny", "tiny-paper"]
 
 
 def test_params_override_the_profile_and_cli_overrides_runtime(tmp_path):
