@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from pipeline.engine import schemas
 from pipeline.engine.feature import FeatureStage
-from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import CAPTIONERS, Captioner, shared_backend
 
@@ -33,13 +33,7 @@ class CaptionStage(FeatureStage):
         """What the captioner reads: decoded images, or the manifest's caption text."""
         if self.captioner.reads == "caption":
             return batch.column("caption").to_pylist()
-        max_pixels = self.pipeline.stage("ingest").max_image_pixels
-        return load_images(
-            batch.column("path").to_pylist(),
-            batch.column("image_id").to_pylist(),
-            max_pixels,
-            self.runtime.loader_threads,
-        )
+        return self.load_images(batch)
 
     def process(self, batch: pa.Table, inputs: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

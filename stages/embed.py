@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from pipeline.engine import schemas
 from pipeline.engine.feature import FeatureStage
-from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import ENCODERS, Encoder, shared_backend
 from pipeline.models.clip import embed_dim
@@ -50,13 +50,7 @@ class EmbedStage(FeatureStage):
 
     def prepare(self, batch: pa.Table) -> list[Any]:
         """Per row: the whole-image tensor and one tensor per object crop, or the decode error."""
-        max_pixels = self.pipeline.stage("ingest").max_image_pixels
-        images = load_images(
-            batch.column("path").to_pylist(),
-            batch.column("image_id").to_pylist(),
-            max_pixels,
-            self.runtime.loader_threads,
-        )
+        images = self.load_images(batch)
         prepared: list[Any] = []
         for image, objects in zip(images, batch.column("objects").to_pylist(), strict=True):
             if isinstance(image, ImageDecodeError):

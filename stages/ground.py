@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from pipeline.engine import schemas
 from pipeline.engine.feature import FeatureStage
-from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import GROUNDERS, Grounder, shared_backend
 
@@ -30,13 +30,7 @@ class GroundStage(FeatureStage):
         self.grounder.load()
 
     def prepare(self, batch: pa.Table) -> list[Any] | None:
-        max_pixels = self.pipeline.stage("ingest").max_image_pixels
-        return load_images(
-            batch.column("path").to_pylist(),
-            batch.column("image_id").to_pylist(),
-            max_pixels,
-            self.runtime.loader_threads,
-        )
+        return self.load_images(batch)
 
     def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

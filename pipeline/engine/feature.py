@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from pipeline.engine import locations
 from pipeline.engine.executors import Executor, InProcessExecutor
+from pipeline.engine.imageio import load_images
 from pipeline.engine.progress import Progress
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
 from pipeline.engine.stage import (
@@ -271,6 +272,15 @@ class FeatureStage(Stage):
             written=written is not None,
             errors=errors,
             reported=on_rows is not None,
+        )
+
+    def load_images(self, batch: pa.Table) -> list[Any]:
+        """The batch's images (RGB), each checked against its image_id, or the error in its place."""
+        return load_images(
+            batch.column("path").to_pylist(),
+            batch.column("image_id").to_pylist(),
+            self.pipeline.stage("ingest").max_image_pixels,
+            self.runtime.loader_threads,
         )
 
     @property

@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import re
 import stat
 import tarfile
 import zipfile
@@ -109,9 +110,9 @@ def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "a
             path = Path(dirpath) / name
             if not _regular(path):
                 continue
-            if path.suffix.lower() in locations.ARCHIVES:  # webdataset shards, zipped trees: their members
+            if SHARD_NAME.fullmatch(name):  # webdataset / img2dataset shards (00000.tar): their members
                 try:
-                    yield from _archive(str(path), path.suffix.lower(), dataset, layout)
+                    yield from _archive(str(path), ".tar", dataset, layout)
                 except UsageError as e:  # one broken shard among many: one line, and the rest goes on
                     log.warning("%s", e)
                 continue
@@ -119,6 +120,9 @@ def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "a
             yield _named(Source(str(path), label, generator, dataset or root.name, split))
 
 
+# A tar named like a shard (00000.tar, train-000123.tar) inside a folder is read as the images it
+# holds; any other archive in a folder is a file like the rest (given as an input, any archive opens).
+SHARD_NAME = re.compile(r".*\d{3,}\.tar", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 SIDECAR_SUFFIXES = (".json", ".txt", ".cls")
 
@@ -319,6 +323,7 @@ def read_list(path: Path | str):
     """A CSV (UTF-8) or Parquet list as a polars frame with a `path` column (or an `image` column), or
     one clear error."""
     import polars as pl
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     suffix = PurePosixPath(str(path)).suffix.lower()
@@ -336,7 +341,7 @@ def read_list(path: Path | str):
                     frame = frame.with_columns(pl.lit(None).alias("image"))
     except pl.exceptions.NoDataError:
         raise UsageError(f"{path}: the list is empty (it needs a header row with a 'path' column)") from None
-    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, OSError) as e:
+    except (pl.exceptions.PolarsError, pa.ArrowException, ValueError, OSError) as e:
         what = "a UTF-8 CSV file" if path.suffix.lower() == ".csv" else "a Parquet file"
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"{path}: cannot read the list as {what} ({type(e).__name__}: {first})") from e
