@@ -113,6 +113,8 @@ class FeatureStage(Stage):
         """Ids whose current row says their file was missing, where the manifest's path exists now (the
         file came back, or ingest found it at a new place): computed again without --retry-errors.
         Costs nothing when there are no error rows; a file still missing stays an error row."""
+        if not pc.any(pc.equal(keys.column("status"), "error")).as_py():
+            return pa.array([], pa.string())
         current = self.output._current(keys)
         errors = current.filter(pc.equal(current.column("status"), "error")).column("image_id")
         if len(errors) == 0:

@@ -231,6 +231,10 @@ class PartDir:
         keys = self.key_table()
         if keys.num_rows == 0:
             return 0
+        duplicated = pc.count_distinct(keys.column(self.key)).as_py() != keys.num_rows
+        errors = errors_only_for is not None and pc.any(pc.equal(keys.column("status"), "error")).as_py()
+        if not (duplicated or errors or drop):  # the usual case: a key scan, nothing to rewrite
+            return 0
         chosen = self._current(keys)
         if errors_only_for is not None:
             known = pc.is_in(chosen.column(self.key), value_set=errors_only_for)
