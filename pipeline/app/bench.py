@@ -131,6 +131,63 @@ def distance_child(root: str) -> None:
     print(json.dumps({"rows": stats.computed, "peak_mib": peak_kib / 1024, "seconds": stats.seconds}))
 
 
+def noop_child(root: str) -> None:
+    """A no-op caption run (todo by keys, compaction check) in this fresh process: seconds and peak RSS."""
+    start = time.perf_counter()
+    stats = run_stage("caption", resolve("tiny"), Store(root))
+    seconds = time.perf_counter() - start
+    status = Path("/proc/self/status").read_text()
+    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    print(json.dumps({"todo": stats.todo, "seconds": seconds, "peak_mib": peak_kib / 1024}))
+
+
+def write_manifest_and_captions(store: Store, config: PipelineConfig, n: int, part_rows: int = 4096) -> None:
+    """`n` images' manifest and caption rows written straight into the store, `part_rows` per part."""
+    fp = make_stage("caption", config, store).fingerprint
+    for start in range(0, n, part_rows):
+        m = min(part_rows, n - start)
+        ids = [image_id_of_bytes(f"million:{i}".encode()) for i in range(start, start + m)]
+        ok = {"status": ["ok"] * m, "error": pa.nulls(m, pa.string())}
+        store.manifest.write(
+            pa.table({"image_id": ids, "path": [f"/m/{i}.jpg" for i in range(start, start + m)], **ok})
+        )
+        store.features("caption", fp, schemas.CAPTION).write(pa.table({"image_id": ids, "caption": ["x"] * m, **ok}))
+
+
+def bench_million(n_large: int = 1_000_000, n_small: int = 100_000) -> dict[str, Any]:
+    """The to-do computation and a no-op stage run over 1,000,000 cached images, and its memory
+    against 100,000 (each in a fresh process)."""
+    config = resolve("tiny")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (n_small, n_large):
+            root = Path(tmp) / f"n{n}"
+            write_manifest_and_captions(Store(root), config, n)
+            out = subprocess.run(
+                [sys.executable, "-m", "pipeline.app.bench", "noop-child", str(root)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+            if runs[n]["todo"] != 0:
+                raise RuntimeError(f"the no-op run found {runs[n]['todo']} images to do")
+    seconds = runs[n_large]["seconds"]
+    ratio = runs[n_large]["peak_mib"] / runs[n_small]["peak_mib"]
+    return figure(
+        f"no-op caption run (to-do by keys) over {n_large} cached images",
+        round(seconds, 2),
+        "s",
+        "< 10 s",
+        seconds < 10,
+        seconds_at_100k=round(runs[n_small]["seconds"], 2),
+        peak_mib={str(k): round(v["peak_mib"]) for k, v in runs.items()},
+        memory_1m_over_100k=round(ratio, 2),
+    )
+
+
 def run_distance_child(root: Path) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.app.bench", "distance-child", str(root)],
@@ -374,6 +431,8 @@ def run_all(only: str | None = None, rows: int = 80_000) -> list[dict[str, Any]]
         figures += bench_cached()
     if only in (None, "ingest"):
         figures.append(bench_ingest_tar())
+    if only in (None, "million"):
+        figures.append(bench_million())
     import torch
 
     if not torch.cuda.is_available():
@@ -411,3 +470,5 @@ def append_markdown(figures: list[dict[str, Any]], path: Path = ROOT / "BENCHMAR
 if __name__ == "__main__":
     if sys.argv[1:2] == ["distance-child"]:
         distance_child(sys.argv[2])
+    elif sys.argv[1:2] == ["noop-child"]:
+        noop_child(sys.argv[2])
