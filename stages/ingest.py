@@ -109,20 +109,7 @@ class IngestStage(Job):
                         else:
                             stats.count_error(row["error"])
                         continue
-                    known_path, known_label = known[image_id]
-                    gone = not locations.exists(known_path)
-                    if known_path != source.path and row["status"] == STATUS_OK and gone:
-                        moved[image_id] = source.path
-                    if None not in (known_label, source.label) and known_label != source.label:
-                        log.warning(
-                            "%s has the bytes of image %s, labelled %s in the manifest and %s here: the manifest "
-                            "keeps %s (the first label seen); fix the label where it is wrong",
-                            source.path,
-                            image_id[:12],
-                            known_label,
-                            source.label,
-                            known_label,
-                        )
+                    self._seen_again(source, row, known[image_id], moved)
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
                 if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
                     stats.parts += 1
@@ -136,6 +123,24 @@ class IngestStage(Job):
         duplicates = stats.todo - stats.ok - stats.error
         if duplicates:
             log.info("ingest: %d file(s) repeat bytes already in the manifest (recorded in sources/)", duplicates)
+
+    @staticmethod
+    def _seen_again(source: Source, row: dict[str, Any], known: tuple[str, Any], moved: dict[str, str]) -> None:
+        """Bytes already in the manifest: note a move (the manifest's path is gone) and a label conflict."""
+        known_path, known_label = known
+        image_id = row["image_id"]
+        if known_path != source.path and row["status"] == STATUS_OK and not locations.exists(known_path):
+            moved[image_id] = source.path
+        if None not in (known_label, source.label) and known_label != source.label:
+            log.warning(
+                "%s has the bytes of image %s, labelled %s in the manifest and %s here: the manifest keeps %s "
+                "(the first label seen); fix the label where it is wrong",
+                source.path,
+                image_id[:12],
+                known_label,
+                source.label,
+                known_label,
+            )
 
     def _probe(self, prober: Prober, sources: list[Source]) -> list[dict[str, Any]]:
         """Probe results in order; a source that discovery already failed (a name that is not UTF-8) is not read."""
