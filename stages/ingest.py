@@ -88,7 +88,8 @@ class IngestStage(Job):
         self.begin(len(todo))
         if not todo:
             log.debug("ingest: nothing new to ingest")
-        moved: dict[str, str] = {}  # image_id -> its new path, where the manifest's path is gone
+        elsewhere: dict[str, str] = {}  # image_id -> a path of this run holding it, not the manifest's
+        now_at: dict[str, str] = {}  # path -> the image_id it holds now (probed in this run)
         stale: set[str] = set()  # ids of error rows of paths that now hold other bytes
         chunk = self.runtime.chunk_size
         with Prober(self.runtime.loader_threads, self.cfg.decode_timeout, self.cfg.max_image_pixels) as prober:
@@ -96,6 +97,7 @@ class IngestStage(Job):
                 sources = todo[i : i + chunk]
                 probed = [self._manifest_row(s, r) for s, r in zip(sources, self._probe(prober, sources), strict=True)]
                 manifest_rows = []
+                now_at.update((s.path, r["image_id"]) for s, r in zip(sources, probed, strict=True))
                 for source, row in zip(sources, probed, strict=True):
                     image_id = row["image_id"]
                     old = seen.get(source.path)
@@ -109,7 +111,7 @@ class IngestStage(Job):
                         else:
                             stats.count_error(row["error"])
                         continue
-                    self._seen_again(source, row, known[image_id], moved)
+                    self._seen_again(source, row, known[image_id], elsewhere)
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
                 if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
                     stats.parts += 1
@@ -119,18 +121,19 @@ class IngestStage(Job):
                     )
                 )
                 self.advance(len(probed))
+        moved = self._moved(elsewhere, known, now_at, seen)
         self._repair(moved, stale - set(moved))
         duplicates = stats.todo - stats.ok - stats.error
         if duplicates:
             log.info("ingest: %d file(s) repeat bytes already in the manifest (recorded in sources/)", duplicates)
 
     @staticmethod
-    def _seen_again(source: Source, row: dict[str, Any], known: tuple[str, Any], moved: dict[str, str]) -> None:
-        """Bytes already in the manifest: note a move (the manifest's path is gone) and a label conflict."""
+    def _seen_again(source: Source, row: dict[str, Any], known: tuple[str, Any], elsewhere: dict[str, str]) -> None:
+        """Bytes already in the manifest: note where else they are, and warn of a label conflict."""
         known_path, known_label = known
         image_id = row["image_id"]
-        if known_path != source.path and row["status"] == STATUS_OK and not locations.exists(known_path):
-            moved[image_id] = source.path
+        if known_path != source.path and row["status"] == STATUS_OK:
+            elsewhere[image_id] = source.path
         if None not in (known_label, source.label) and known_label != source.label:
             log.warning(
                 "%s has the bytes of image %s, labelled %s in the manifest and %s here: the manifest keeps %s "
@@ -141,6 +144,31 @@ class IngestStage(Job):
                 source.label,
                 known_label,
             )
+
+    @staticmethod
+    def _moved(
+        elsewhere: dict[str, str], known: dict[str, Any], now_at: dict[str, str], seen: dict[str, tuple]
+    ) -> dict[str, str]:
+        """Images whose manifest path no longer holds them (gone, or other bytes there now: files swapped
+        or overwritten) but that are at another path, found in this run or recorded by an earlier
+        ingest: image_id -> that live path."""
+        holder: dict[str, str] = {}  # image_id -> a path that holds it now
+        for path, (_, _, image_id, _) in seen.items():
+            if now_at.get(path, image_id) == image_id:
+                holder.setdefault(image_id, path)
+        for path, image_id in now_at.items():
+            holder[image_id] = path
+        overwritten = {i for i, (p, _) in known.items() if p in now_at and now_at[p] != i}
+        moved = {}
+        for image_id in set(elsewhere) | overwritten:
+            known_path = known[image_id][0]
+            holds = now_at.get(known_path) or (seen.get(known_path) or (None, None, None))[2]
+            if locations.exists(known_path) and holds in (None, image_id):
+                continue
+            live = elsewhere.get(image_id) or holder.get(image_id)
+            if live is not None and live != known_path:
+                moved[image_id] = live
+        return moved
 
     def _probe(self, prober: Prober, sources: list[Source]) -> list[dict[str, Any]]:
         """Probe results in order; a source that discovery already failed (a name that is not UTF-8) is not read."""

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 MISSING_FILE = "cannot read file: FileNotFoundError"  # how imageio reports a file that is not there
+CHANGED_FILE = "file changed since ingest:"  # ... and a path that holds other bytes (it names the path)
 
 
 class SystemicError(RuntimeError):
@@ -110,8 +111,8 @@ class FeatureStage(Stage):
         return list(dict.fromkeys(driver.filter(mask).to_pylist()))
 
     def _readable_again(self, keys: pa.Table) -> pa.Array:
-        """Ids whose current row says their file was missing, where the manifest's path exists now (the
-        file came back, or ingest found it at a new place): computed again without --retry-errors.
+        """Ids whose current row says their file was missing (and the manifest path exists now) or held
+        other bytes (and ingest has re-pointed the image since): computed again without --retry-errors.
         Costs nothing when there are no error rows; a file still missing stays an error row."""
         if not pc.any(pc.equal(keys.column("status"), "error")).as_py():
             return pa.array([], pa.string())
@@ -120,16 +121,19 @@ class FeatureStage(Stage):
         if len(errors) == 0:
             return pa.array([], pa.string())
         reasons = self.output.read(["image_id", "error"], ids=errors.to_pylist())
-        missing = reasons.filter(pc.starts_with(reasons.column("error"), MISSING_FILE)).column("image_id")
-        if len(missing) == 0:
+        errors_by_id = dict(zip(*(reasons.column(c).to_pylist() for c in ("image_id", "error")), strict=True))
+        read_failures = [i for i, e in errors_by_id.items() if e.startswith((MISSING_FILE, CHANGED_FILE))]
+        if not read_failures:
             return pa.array([], pa.string())
-        paths = self.store.manifest.read(["image_id", "path"], ids=missing.to_pylist())
-        back = [
-            i
-            for i, p in zip(*(paths.column(c).to_pylist() for c in ("image_id", "path")), strict=True)
-            if locations.exists(p)
-        ]
-        return pa.array(back, pa.string())
+        paths = self.store.manifest.read(["image_id", "path"], ids=read_failures)
+        again = []
+        for image_id, path in zip(*(paths.column(c).to_pylist() for c in ("image_id", "path")), strict=True):
+            error = errors_by_id[image_id]
+            if error.startswith(MISSING_FILE) and locations.exists(path):
+                again.append(image_id)  # the file is back
+            elif error.startswith(CHANGED_FILE) and not error.startswith(f"{CHANGED_FILE} {path} "):
+                again.append(image_id)  # ingest found the image at another path since
+        return pa.array(again, pa.string())
 
     def run(
         self,
