@@ -7,7 +7,8 @@ Invariants, against a simple model of which bytes every file holds:
 - one row per image: a plain scan of manifest/ (and of caption/ after a completed run) has each
   image_id once;
 - no row attached to other bytes: every ok caption equals the caption of the bytes its id names;
-- nothing lost: after ingest + a completed caption run, every file's content has an ok caption.
+- nothing lost: after ingest + a completed caption run with --retry-errors, every file's content
+  has an ok caption.
 
 `make test` runs a few short sequences; `make soak` (ITEM_SOAK_STATES) many more, longer ones.
 """
@@ -100,7 +101,10 @@ class StoreMachine(RuleBasedStateMachine):
         if not self.store.manifest.exists():
             return
         run_stage("caption", CONFIG, self.store, retry_errors=retry)
-        self.completed = self.synced
+        # A row that failed because its file held other bytes at the time is an honest record; the
+        # documented way back, once ingest has caught up, is --retry-errors (moves and swaps found by
+        # ingest, and files that are back, are recomputed without it).
+        self.completed = self.synced and retry
 
     @rule(after=st.integers(1, 3))
     def interrupted_caption(self, after: int) -> None:
