@@ -121,24 +121,24 @@ def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: 
         )
 
 
+def _peak_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking
+    parent across exec."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
 def distance_child(root: str) -> None:
     """Run the distance stage (tiny profile) in this fresh process and print its peak RSS."""
-
     stats = run_stage("distance", resolve("tiny", {}, {"chunk_size": 1024}), Store(root))
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
-    status = Path("/proc/self/status").read_text()
-    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-    print(json.dumps({"rows": stats.computed, "peak_mib": peak_kib / 1024, "seconds": stats.seconds}))
+    print(json.dumps({"rows": stats.computed, "peak_mib": _peak_mib(), "seconds": stats.seconds}))
 
 
 def noop_child(root: str) -> None:
     """A no-op caption run (todo by keys, compaction check) in this fresh process: seconds and peak RSS."""
     start = time.perf_counter()
     stats = run_stage("caption", resolve("tiny"), Store(root))
-    seconds = time.perf_counter() - start
-    status = Path("/proc/self/status").read_text()
-    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-    print(json.dumps({"todo": stats.todo, "seconds": seconds, "peak_mib": peak_kib / 1024}))
+    print(json.dumps({"todo": stats.todo, "seconds": time.perf_counter() - start, "peak_mib": _peak_mib()}))
 
 
 def write_manifest_and_captions(store: Store, config: PipelineConfig, n: int, part_rows: int = 4096) -> None:
@@ -163,15 +163,7 @@ def bench_million(n_large: int = 1_000_000, n_small: int = 100_000) -> dict[str,
         for n in (n_small, n_large):
             root = Path(tmp) / f"n{n}"
             write_manifest_and_captions(Store(root), config, n)
-            out = subprocess.run(
-                [sys.executable, "-m", "pipeline.app.bench", "noop-child", str(root)],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[n] = run_child("noop-child", root)
             if runs[n]["todo"] != 0:
                 raise RuntimeError(f"the no-op run found {runs[n]['todo']} images to do")
     seconds = runs[n_large]["seconds"]
@@ -188,9 +180,10 @@ def bench_million(n_large: int = 1_000_000, n_small: int = 100_000) -> dict[str,
     )
 
 
-def run_distance_child(root: Path) -> dict[str, Any]:
+def run_child(kind: str, root: Path) -> dict[str, Any]:
+    """Run `python -m pipeline.app.bench <kind> <root>` in a fresh process; its JSON line."""
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.app.bench", "distance-child", str(root)],
+        [sys.executable, "-m", "pipeline.app.bench", kind, str(root)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -342,7 +335,7 @@ def bench_cached(n_large: int = 100_000, n_small: int = 10_000) -> list[dict[str
         for n in (n_small, n_large):
             root = Path(tmp) / f"n{n}"
             write_cached_store(Store(root), config, n)
-            peaks[n] = run_distance_child(root)
+            peaks[n] = run_child("distance-child", root)
         ratio = peaks[n_large]["peak_mib"] / peaks[n_small]["peak_mib"]
         out.append(
             figure(
