@@ -77,8 +77,8 @@ class IngestStage(Job):
             self._ingest(stats)
 
     def _ingest(self, stats: RunStats) -> None:
-        seen = self._seen_files()
         manifest = self.store.manifest.read(["image_id", "path", "label", "status"])
+        seen = self._seen_files(manifest)
         known = {
             i: (p, lab)
             for i, p, lab in zip(*(manifest.column(c).to_pylist() for c in ("image_id", "path", "label")), strict=True)
@@ -191,14 +191,10 @@ class IngestStage(Job):
         self.store.manifest.compact(drop=stale)
         self.store.sources.compact()
 
-    def _seen_files(self) -> dict[str, tuple[int, int, str, str]]:
-        """path -> (size, mtime_ns, image_id, status of that id in the manifest) as last ingested."""
+    def _seen_files(self, manifest: pa.Table) -> dict[str, tuple[int, int, str, str]]:
+        """path -> (size, mtime_ns, image_id, status of that id in `manifest`) as last ingested."""
         table = self.store.sources.read(["path", "n_bytes", "mtime_ns", "image_id"])
-        status = dict(
-            zip(
-                *(self.store.manifest.current_keys().column(c).to_pylist() for c in ("image_id", "status")), strict=True
-            )
-        )
+        status = dict(zip(*(manifest.column(c).to_pylist() for c in ("image_id", "status")), strict=True))
         columns = (table.column(c).to_pylist() for c in ("path", "n_bytes", "mtime_ns", "image_id"))
         return {p: (n, m, i, status.get(i, "missing")) for p, n, m, i in zip(*columns, strict=True)}
 
