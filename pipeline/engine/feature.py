@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.engine import locations
 from pipeline.engine.executors import Executor, InProcessExecutor
 from pipeline.engine.imageio import load_images
+from pipeline.engine.keyindex import KeyIndex, KeySet
 from pipeline.engine.progress import Progress
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
 from pipeline.engine.stage import (
@@ -98,33 +100,33 @@ class FeatureStage(Stage):
                 f"{self.name} reads {self.inputs[0]} rows from {source.path}, and there are "
                 f"none for this configuration: run {hint} first"
             )
-        driver = source.key_table().column("image_id")
-        keys = self.output.key_table()
+        driver = source.index()
+        out = self.output.index()
         if retry_errors:
-            keys = keys.filter(pc.equal(keys.column("status"), STATUS_OK))
+            done: KeySet = KeySet(out.codes[out.ok])
         else:
-            keys = keys.filter(pc.invert(pc.is_in(keys.column("image_id"), value_set=self._readable_again(keys))))
-        done = keys.column("image_id")
-        mask = pc.invert(pc.is_in(driver, value_set=done))
+            again = self._readable_again(out)
+            done = KeySet(out.codes[~KeySet.of(again).contains(out.codes)]) if again else out
+        mask = ~done.contains(driver.codes)
         if ids is not None:
-            mask = pc.and_(mask, pc.is_in(driver, value_set=pa.array(list(ids), pa.string())))
-        return list(dict.fromkeys(driver.filter(mask).to_pylist()))
+            mask &= KeySet.of(pa.array(list(ids), pa.string())).contains(driver.codes)
+        return list(dict.fromkeys(driver.ids(np.nonzero(mask)[0]).to_pylist()))
 
-    def _readable_again(self, keys: pa.Table) -> pa.Array:
+    def _readable_again(self, out: KeyIndex) -> list[str]:
         """Ids whose current row says their file was missing (and the manifest path exists now) or held
         other bytes (and ingest has re-pointed the image since): computed again without --retry-errors.
         Costs nothing when there are no error rows; a file still missing stays an error row."""
-        if not pc.any(pc.equal(keys.column("status"), "error")).as_py():
-            return pa.array([], pa.string())
-        current = self.output._current(keys)
-        errors = current.filter(pc.equal(current.column("status"), "error")).column("image_id")
-        if len(errors) == 0:
-            return pa.array([], pa.string())
-        reasons = self.output.read(["image_id", "error"], ids=errors.to_pylist())
+        if out.ok.all():
+            return []
+        current = out.current()
+        errors = out.ids(current[~out.ok[current]]).to_pylist()
+        if not errors:
+            return []
+        reasons = self.output.read(["image_id", "error"], ids=errors)
         errors_by_id = dict(zip(*(reasons.column(c).to_pylist() for c in ("image_id", "error")), strict=True))
         read_failures = [i for i, e in errors_by_id.items() if e.startswith((MISSING_FILE, CHANGED_FILE))]
         if not read_failures:
-            return pa.array([], pa.string())
+            return []
         paths = self.store.manifest.read(["image_id", "path"], ids=read_failures)
         again = []
         for image_id, path in zip(*(paths.column(c).to_pylist() for c in ("image_id", "path")), strict=True):
@@ -133,7 +135,7 @@ class FeatureStage(Stage):
                 again.append(image_id)  # the file is back
             elif error.startswith(CHANGED_FILE) and not error.startswith(f"{CHANGED_FILE} {path} "):
                 again.append(image_id)  # ingest found the image at another path since
-        return pa.array(again, pa.string())
+        return again
 
     def run(
         self,
@@ -203,7 +205,7 @@ class FeatureStage(Stage):
         """Exactly one row per image in the output folder once a run ends (see PartDir.compact)."""
         out = self.store.features(self.name, self.fingerprint, self.schema)
         if out.path.is_dir():
-            out.compact(errors_only_for=self.store.manifest.key_table().column("image_id"))
+            out.compact(errors_only_for=self.store.manifest.index())
 
     def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
         """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""

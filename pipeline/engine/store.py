@@ -33,6 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.engine import keyindex, schemas
+from pipeline.engine.keyindex import KeyIndex, KeySet
+
 log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.parquet"
@@ -45,8 +48,9 @@ TMP_GLOB = ".part-*.tmp"
 WRITE_DELAY_ENV = "ITEM_FAULT_WRITE_DELAY"
 
 
-# Keys of part files already read in this process, by (path, mtime, size, key column).
-_KEY_CACHE: dict[tuple[str, int, int, str], pa.Table] = {}
+# Key indexes of folders already read in this process, by (folder, key column): the parts' signatures
+# (path, mtime, size) it was built from, the index, and each part's slice of it.
+_INDEX_CACHE: dict[tuple[str, str], tuple[tuple, KeyIndex, list]] = {}
 
 
 class StoreError(RuntimeError):
@@ -163,37 +167,48 @@ class PartDir:
             table = table.append_column(self.schema.field(name), pa.nulls(table.num_rows, self.schema.field(name).type))
         return table.select(columns)
 
-    def key_table(self) -> pa.Table:
-        """Key and status of every row, with the part (`_part`) and row within it (`_row`) it came from.
+    def index(self) -> KeyIndex:
+        """Key code, status and part of every row, in part order (see keyindex).
 
-        Part files never change once renamed into place, so each one's keys are read once per process.
+        Part files never change once renamed into place (compaction replaces one under its name, with
+        a new mtime), so each part's keys are read once per process; a folder's index is rebuilt from
+        the cached parts only when its list of parts changed.
         """
-        tables = []
+        signature = tuple(self._signature(part) for part in self.parts())
+        cached = _INDEX_CACHE.get((str(self.path), self.key))
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        old = dict(zip(cached[0], cached[2], strict=True)) if cached is not None else {}
         has_status = self.schema is None or "status" in self.schema.names
-        for i, part in enumerate(self.parts()):
-            t = self._part_keys(part, has_status)
-            tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, i, dtype=np.int32))))
-        if not tables:
-            return pa.table(
-                {
-                    self.key: pa.array([], pa.string()),
-                    "status": pa.array([], pa.string()),
-                    "_row": pa.array([], pa.int64()),
-                    "_part": pa.array([], pa.int32()),
-                }
-            )
-        return pa.concat_tables(tables)
+        pieces = [old.get(sig) or self._part_keys(Path(sig[0]), has_status) for sig in signature]
+        index = KeyIndex.concat(pieces)
+        # The folder's index holds every part's codes; the pieces are views of it, not copies.
+        views = [
+            (index.codes[a:b], index.ok[a:b], index.texts.get(i))
+            for i, (a, b) in enumerate(zip(index.starts[:-1], index.starts[1:], strict=True))
+        ]
+        _INDEX_CACHE[(str(self.path), self.key)] = (signature, index, views)
+        return index
 
-    def _part_keys(self, part: Path, has_status: bool) -> pa.Table:
+    @staticmethod
+    def _signature(part: Path) -> tuple[str, int, int]:
         st = part.stat()
-        cache_key = (str(part), st.st_mtime_ns, st.st_size, self.key)
-        if cache_key not in _KEY_CACHE:
-            self._check_columns(part)
-            t = self.read_part(part, [self.key, "status"] if has_status else [self.key])
-            if not has_status:  # e.g. sources/: every row counts
-                t = t.append_column("status", pa.array(["ok"] * t.num_rows, pa.string()))
-            _KEY_CACHE[cache_key] = t.append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        return _KEY_CACHE[cache_key]
+        return (str(part), st.st_mtime_ns, st.st_size)
+
+    def _part_keys(self, part: Path, has_status: bool) -> tuple[np.ndarray, np.ndarray, pa.Array | None]:
+        self._check_columns(part)
+        t = self.read_part(part, [self.key, "status"] if has_status else [self.key])
+        codes, all_ids = keyindex.encode(t.column(self.key))
+        if has_status:
+            ok = (
+                pc.equal(t.column("status"), schemas.STATUS_OK)
+                .fill_null(False)
+                .combine_chunks()
+                .to_numpy(zero_copy_only=False)
+            )
+        else:  # e.g. sources/: every row counts
+            ok = np.ones(t.num_rows, bool)
+        return codes, ok, None if all_ids else t.column(self.key).combine_chunks()
 
     def _check_columns(self, part: Path) -> None:
         """A part with columns this folder's schema does not have was written elsewhere (a part of
@@ -213,9 +228,12 @@ class PartDir:
 
     def current_keys(self) -> pa.Table:
         """Key and status of the current row of every key (no part read beyond the key columns)."""
-        return self._current(self.key_table()).select([self.key, "status"])
+        index = self.index()
+        current = index.current()
+        status = np.where(index.ok[current], schemas.STATUS_OK, schemas.STATUS_ERROR)
+        return pa.table({self.key: index.ids(current), "status": pa.array(status, pa.string())})
 
-    def compact(self, errors_only_for: pa.Array | None = None, drop: set[str] | None = None) -> int:
+    def compact(self, errors_only_for: KeySet | None = None, drop: set[str] | None = None) -> int:
         """Make the folder hold exactly one row per key: the current one (ok over error, then newest).
 
         Parts holding superseded rows (a retried error, a chunk written twice) are rewritten without
@@ -226,33 +244,28 @@ class PartDir:
         Call only while holding the folder's lock.
         Returns the number of rows removed.
         """
-        import polars as pl
-
-        keys = self.key_table()
-        if keys.num_rows == 0:
+        index = self.index()
+        if len(index) == 0:
             return 0
-        duplicated = pc.count_distinct(keys.column(self.key)).as_py() != keys.num_rows
-        errors = errors_only_for is not None and pc.any(pc.equal(keys.column("status"), "error")).as_py()
-        if not (duplicated or errors or drop):  # the usual case: a key scan, nothing to rewrite
-            return 0
-        chosen = self._current(keys)
-        if errors_only_for is not None:
-            known = pc.is_in(chosen.column(self.key), value_set=errors_only_for)
-            chosen = chosen.filter(pc.or_(known, pc.equal(chosen.column("status"), "ok")))
+        chosen = index.current()  # the usual case: every row, decided by one sort of the keys
+        keep = np.ones(len(chosen), bool)
+        errors = np.nonzero(~index.ok[chosen])[0]
+        if errors_only_for is not None and len(errors):
+            keep[errors] = errors_only_for.contains(index.codes[chosen[errors]])
         if drop:
-            chosen = chosen.filter(pc.invert(pc.is_in(chosen.column(self.key), value_set=pa.array(sorted(drop)))))
-        if chosen.num_rows == keys.num_rows:
+            keep &= ~KeySet.of(sorted(drop)).contains(index.codes[chosen])
+        chosen = chosen[keep]
+        if len(chosen) == len(index):
             return 0
-        kept = pl.from_arrow(chosen.select(["_part", "_row"]))
-        all_parts = self.parts()
+        kept = dict(index.rows_by_part(chosen))
         removed = 0
-        for index, part in enumerate(all_parts):
-            n = pq.read_metadata(part).num_rows
-            rows = kept.filter(pl.col("_part") == index)["_row"].sort().to_list()
+        for i, part in enumerate(self.parts()):
+            n = int(index.starts[i + 1] - index.starts[i])
+            rows = kept.get(i, np.empty(0, np.int64))
             if len(rows) == n:
                 continue
             removed += n - len(rows)
-            if not rows:
+            if not len(rows):
                 part.unlink()
                 continue
             table = pq.read_table(part).take(pa.array(rows, pa.int64()))  # schema metadata kept
@@ -266,31 +279,27 @@ class PartDir:
 
     def ids(self, ok_only: bool = False) -> set[str]:
         """Every key that has a row (with `ok_only`, a row with status ok)."""
-        keys = self.key_table()
-        if ok_only:
-            keys = keys.filter(pc.equal(keys.column("status"), "ok"))
-        return set(keys.column(self.key).to_pylist())
+        index = self.index()
+        return set(index.ids(np.nonzero(index.ok)[0] if ok_only else None).to_pylist())
 
-    def _current(self, keys: pa.Table) -> pa.Table:
-        """One row per key: an ok row over an error row, then the newest (a retried row supersedes)."""
-        import polars as pl
-
-        frame = pl.from_arrow(keys).with_columns((pl.col("status") == "ok").alias("_ok"))
-        chosen = frame.sort(["_ok", "_part", "_row"]).unique(self.key, keep="last", maintain_order=True)
-        return chosen.sort(["_part", "_row"]).to_arrow()
+    def _chosen(self, ids: Iterable[str] | None) -> tuple[KeyIndex, np.ndarray]:
+        """The index, and the positions of the current rows of `ids` (of every key when None)."""
+        index = self.index()
+        if ids is None:
+            return index, index.current()
+        wanted = KeySet.of(pa.array(list(set(ids)), pa.string()))
+        return index, index.current(np.nonzero(wanted.contains(index.codes))[0])
 
     def read(self, columns: list[str] | None = None, ids: Iterable[str] | None = None) -> pa.Table:
         """The current row of every key (optionally only `columns` and only the keys in `ids`)."""
         if columns is None and self.schema is not None:
             columns = self.schema.names  # so parts written before a column was added read alike
-        keys = self.key_table()
-        if ids is not None:
-            keys = keys.filter(pc.is_in(keys.column(self.key), value_set=pa.array(list(set(ids)), pa.string())))
-        chosen = self._current(keys)
+        index, chosen = self._chosen(ids)
         all_parts = self.parts()
-        tables = []
-        for part, rows in _rows_by_part(chosen):
-            tables.append(self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64())))
+        tables = [
+            self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64()))
+            for part, rows in index.rows_by_part(chosen)
+        ]
         if not tables:
             return self.empty(columns)
         return pa.concat_tables(tables, promote_options="default")
@@ -300,12 +309,11 @@ class PartDir:
 
         Only parts that hold a wanted row are opened.
         """
-        keys = self.key_table()
-        keys = keys.filter(pc.is_in(keys.column(self.key), value_set=pa.array(sorted(ids), pa.string())))
+        index, chosen = self._chosen(ids)
         all_parts = self.parts()
         pending: list[pa.Table] = []
         n_pending = 0
-        for part, rows in _rows_by_part(self._current(keys)):
+        for part, rows in index.rows_by_part(chosen):
             t = self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64()))
             while t.num_rows:
                 take = min(chunk_size - n_pending, t.num_rows)
@@ -469,16 +477,6 @@ def _foreign(schema: pa.Schema, stage: str, fingerprint: str) -> str | None:
     return None
 
 
-def _rows_by_part(chosen: pa.Table) -> Iterator[tuple[int, list[int]]]:
-    """(part index, row indices in it) for the chosen rows, parts in order."""
-    parts = chosen.column("_part").to_pylist()
-    rows = chosen.column("_row").to_pylist()
-    grouped: dict[int, list[int]] = {}
-    for p, r in zip(parts, rows, strict=True):
-        grouped.setdefault(p, []).append(r)
-    yield from sorted(grouped.items())
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -500,14 +498,10 @@ class Store:
 
     @property
     def manifest(self) -> PartDir:
-        from pipeline.engine import schemas
-
         return PartDir(self.root / "manifest", schemas.MANIFEST)
 
     @property
     def sources(self) -> PartDir:
-        from pipeline.engine import schemas
-
         return PartDir(self.root / "sources", schemas.SOURCES, key="path")
 
     def features(self, stage: str, fingerprint: str, schema: pa.Schema | None = None) -> PartDir:
