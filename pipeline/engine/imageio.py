@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 # Pillow's own default; configurable per run through IngestConfig.max_image_pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -65,7 +65,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
             )
             _check_size(img, max_pixels)
             img.load()  # a freshly opened file sits on its first frame
-            rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+            rgb = _to_rgb(_upright(img))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -83,6 +83,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
     except Exception as e:  # any decoder failure is this file's problem, reported on its row
         raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
     return rgb, info
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as it should be shown (EXIF orientation applied). exif_transpose copies the image even
+    when there is nothing to turn (a fifth of the decode time of a 1 MP JPEG): only call it when needed."""
+    if img.getexif().get(ExifTags.Base.Orientation) not in (2, 3, 4, 5, 6, 7, 8):
+        return img  # no tag, the identity, or a value exif_transpose ignores too
+    return ImageOps.exif_transpose(img) or img
 
 
 # Containers Pillow cannot open without a plugin, recognised by their leading bytes.
