@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.engine.imageio import ImageDecodeError, decode
 
@@ -70,3 +71,39 @@ def test_decompression_bomb_limit_is_configurable():
     decode(data, max_pixels=10_000)
     with pytest.raises(ImageDecodeError, match="decompression bomb"):
         decode(data, max_pixels=9_999)
+
+
+ORIENTATION = Path(__file__).resolve().parents[3] / "shared" / "data" / "odd" / "orientation"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_and_only_when_asked(orientation):
+    """A picture stored turned, with the EXIF tag saying how to show it, decodes upright: equal to
+    the same pixels stored upright; orientation 1 leaves the pixels alone."""
+    upright = Image.fromarray(np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3) * 3)
+    # exif_transpose's inverse for each tag: how a camera would store the upright picture.
+    stored = {
+        1: upright,
+        2: upright.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        3: upright.transpose(Image.Transpose.ROTATE_180),
+        4: upright.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+        5: upright.transpose(Image.Transpose.TRANSPOSE),
+        6: upright.transpose(Image.Transpose.ROTATE_90),
+        7: upright.transpose(Image.Transpose.TRANSVERSE),
+        8: upright.transpose(Image.Transpose.ROTATE_270),
+    }[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", exif=exif)
+    rgb, info = decode(buf.getvalue())
+    assert np.array_equal(np.asarray(rgb), np.asarray(upright))
+    assert (info.width, info.height) == stored.size  # the file's own dimensions are recorded
+
+
+@pytest.mark.skipif(not ORIENTATION.is_dir(), reason="../shared/data/odd not beside the checkout")
+def test_real_files_with_orientation_tags_decode_upright():
+    for path in sorted(ORIENTATION.glob("hopper_orientation_*.jpg")):
+        rgb, _ = decode(path.read_bytes())
+        turned = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        assert np.array_equal(np.asarray(rgb), np.asarray(turned)), path.name
