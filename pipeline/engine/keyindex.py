@@ -134,6 +134,14 @@ class KeyIndex(KeySet):
             texts={i: t for i, (_, _, t) in enumerate(pieces) if t is not None},
         )
 
+    @classmethod
+    def allocate(cls, sizes: list[int]) -> KeyIndex:
+        """An index for parts of these sizes, to be filled in place (all rows error until filled)."""
+        n = int(sum(sizes))
+        starts = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=starts[1:])
+        return cls(codes=np.zeros((n, WORDS), np.uint64), ok=np.zeros(n, bool), starts=starts)
+
     def part_of(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(part index, row within the part) of rows at `positions`."""
         parts = np.searchsorted(self.starts, positions, "right") - 1
