@@ -1,0 +1,121 @@
+"""Model backends whose model is a no-op, for `item bench`'s per-image CPU cost of each model stage.
+
+Each keeps the real preprocessing at the paper's sizes (BLIP-2's 224 px processor, Grounding DINO's
+800/1333 resize with its bucketing, open_clip's 224 px transforms and tokenizer) and skips only the
+forward pass, so a stage run with it costs what the stage itself costs a CPU per image: decoding,
+the id check, preprocessing, batching and writing. Nothing here is used outside the benchmark.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from pipeline.engine.config import EmbedConfig, GroundConfig
+from pipeline.models.clip import ClipEncoder, embed_dim
+from pipeline.models.grounders import TransformersGroundingDino
+
+CAPTION = "a red ball, a tree, a small dog and a blue car"
+# Four objects per image as fractions of its width and height (what the embed stage then crops).
+BOXES = ((0.05, 0.10, 0.45, 0.55), (0.50, 0.05, 0.95, 0.40), (0.10, 0.55, 0.40, 0.95), (0.55, 0.50, 0.90, 0.90))
+PHRASES = ("a red ball", "a tree", "a small dog", "a blue car")
+
+
+class NoopCaptioner:
+    """BLIP-2's image processor (224 px, CLIP mean and std), then a fixed caption instead of `generate`."""
+
+    reads = "image"
+
+    def __init__(self, stage: Any) -> None:
+        del stage  # same signature as the others; the caption does not depend on the stage
+
+    @cached_property
+    def processor(self) -> Any:
+        from transformers import BlipImageProcessor
+        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+        return BlipImageProcessor(
+            size={"height": 224, "width": 224}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
+        )
+
+    def load(self) -> None:
+        _ = self.processor
+
+    def caption(self, images: list) -> list[str | None]:
+        self.processor(images=images, return_tensors="pt")
+        return [CAPTION] * len(images)
+
+
+class NoopGrounder(TransformersGroundingDino):
+    """The real grounder's padding and bucketing, and Grounding DINO's image processor at 800/1333;
+    four fixed boxes per image instead of the model and its post-processing."""
+
+    def __init__(self, stage: Any) -> None:
+        del stage  # the paper's sizes whatever the stage's profile: the cost a real run pays
+        super().__init__(GroundConfig(), "cpu")
+
+    @cached_property
+    def processor(self) -> Any:
+        from transformers import GroundingDinoImageProcessor
+
+        return GroundingDinoImageProcessor(
+            size={"shortest_edge": self.cfg.shortest_edge, "longest_edge": self.cfg.longest_edge}
+        )
+
+    def load(self) -> None:
+        _ = self.processor
+
+    def _forward(self, images: list, captions: list[str]) -> list[list[dict[str, Any]]]:
+        self.processor(images=images, return_tensors="pt")
+        return [
+            [
+                {
+                    "phrase": p,
+                    "box": [b[0] * im.width, b[1] * im.height, b[2] * im.width, b[3] * im.height],
+                    "score": 0.5,
+                }
+                for p, b in zip(PHRASES, BOXES, strict=True)
+            ]
+            for im in images
+        ]
+
+
+class NoopEncoder(ClipEncoder):
+    """open_clip's ViT-L/14 transforms (224 px) and tokenizer; zero vectors of the stage's width instead
+    of the towers."""
+
+    def __init__(self, stage: Any) -> None:
+        super().__init__(EmbedConfig(), "cpu")
+        self.dim = embed_dim(stage.cfg)
+
+    @cached_property
+    def _loaded(self) -> tuple[Any, Any, Any]:
+        import open_clip
+
+        preprocess = open_clip.image_transform(
+            224, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD
+        )
+        return None, preprocess, open_clip.get_tokenizer("ViT-L-14")
+
+    @property
+    def input_size(self) -> int:
+        return 224
+
+    def encode_images(self, batch) -> Any:
+        import torch
+
+        return torch.zeros(len(batch), self.dim)
+
+    def encode_texts(self, texts: list[str]) -> Any:
+        import torch
+
+        self._loaded[2](texts)
+        return torch.zeros(len(texts), self.dim)
+
+
+# stage -> (the stage's attribute holding its backend, the no-op backend)
+NOOP_BACKENDS: dict[str, tuple[str, type]] = {
+    "caption": ("captioner", NoopCaptioner),
+    "ground": ("grounder", NoopGrounder),
+    "embed": ("encoder", NoopEncoder),
+}
