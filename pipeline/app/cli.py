@@ -644,7 +644,9 @@ def check(
 
 @app.command()
 def bench(
-    only: Annotated[str | None, typer.Option(help="One group: embed | fit | cached | cpu | s3 | ingest | million.")] = None,
+    only: Annotated[
+        str | None, typer.Option(help="One group: embed | fit | cached | cpu | s3 | ingest | million.")
+    ] = None,
     rows: Annotated[int, typer.Option(help="Cached rows for the fit benchmark.")] = 80_000,
     record: Annotated[bool, typer.Option(help="Append the figures to BENCHMARKS.md.")] = True,
     verbose: Verbose = False,

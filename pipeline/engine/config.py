@@ -187,10 +187,15 @@ class RuntimeConfig:
     chunk_size: int = 256  # rows per part file
     batch_size: int = 16  # images per model call
     loader_threads: int = 2  # threads decoding images
+    # Prepare the next batch (decode, preprocess) in a thread while the model runs: auto = on an
+    # accelerator only (on a CPU the thread takes cores from the model); on | off to choose.
+    prefetch: str = "auto"
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1 or self.loader_threads < 1:
             raise ConfigError("runtime.chunk_size, batch_size and loader_threads must be >= 1")
+        if self.prefetch not in ("auto", "on", "off"):
+            raise ConfigError(f"runtime.prefetch must be auto, on or off, got {self.prefetch!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 

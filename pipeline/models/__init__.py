@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from pipeline.engine.devices import resolve_device  # noqa: F401 (backends import it from here)
 from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
 
@@ -124,28 +125,6 @@ def loading(stage: str, model: str, revision: str | None = None) -> Iterator[Non
             f"`{stage}.model` in params.yaml to a local directory; `--profile tiny` runs offline with small "
             "random-weight models."
         ) from e
-
-
-def resolve_device(device: str) -> str:
-    """`auto` is the worker's pinned GPU (ITEM_DEVICE), else the first GPU torch sees, else the CPU.
-
-    A CUDA device that torch cannot see is a one-line error, not a traceback from deep in a model.
-    """
-    if device == "auto":
-        if os.environ.get("ITEM_DEVICE"):
-            return os.environ["ITEM_DEVICE"]
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= count:
-            seen = f"{count} CUDA device(s)" if count else "no CUDA device (torch.cuda.is_available() is False)"
-            raise UsageError(f"--device {device}: torch sees {seen}; use --device cpu, or auto")
-    return device
 
 
 def torch_dtype(name: str):

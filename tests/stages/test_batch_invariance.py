@@ -40,10 +40,12 @@ def mixed(tmp_path_factory):
     return root
 
 
-def compute(tmp_path, images, name: str, batch_size: int, chunk_size: int, resume: bool = False, executor=None):
+def compute(
+    tmp_path, images, name: str, batch_size: int, chunk_size: int, resume=False, executor=None, prefetch="auto"
+):
     """Every model stage's rows for one way of batching, as {stage: frame sorted by image_id}."""
     store = Store(tmp_path / name)
-    config = tiny(batch_size=batch_size, chunk_size=chunk_size)
+    config = tiny(batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch)
     run_stage("ingest", config, store, inputs=[images])
     for stage in STAGES:
         if resume:  # a run stopped after a few images, then resumed
@@ -91,7 +93,10 @@ def test_rows_are_the_same_for_batch_sizes_chunkings_resume_and_dask(tmp_path, m
     assert reference["ground"]["status"].to_list().count("ok") == 10
     assert sum(len(o or []) for o in reference["ground"]["objects"].to_list()) > 0  # objects to compare
     variants = {
-        "b3-c4-resumed": compute(tmp_path, mixed, "b3", batch_size=3, chunk_size=4, resume=True),
+        # next batches prepared in a thread, as on a GPU (on a CPU, `auto` prepares them in line)
+        "b3-c4-resumed-prefetch": compute(
+            tmp_path, mixed, "b3", batch_size=3, chunk_size=4, resume=True, prefetch="on"
+        ),
         "b8-c3": compute(tmp_path, mixed, "b8", batch_size=8, chunk_size=3),
     }
     executor = DaskExecutor(workers=2)
