@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -293,13 +294,16 @@ def bench_embed_efficiency(n_images: int = 40, model: str = "ViT-B-16", batch_si
                 encoder.encode_texts(texts[i : i + batch_size])
             return time.perf_counter() - start
 
-        # The bare model is timed before and after the stage and its faster time kept: a busy
-        # machine then makes the ratio lower, never higher.
-        bare_before = bare()
-        start = time.perf_counter()
-        stats = stage.run()
-        stage_s = time.perf_counter() - start
-        bare_s = min(bare_before, bare())
+        def staged() -> tuple[float, Any]:
+            shutil.rmtree(stage.output.path, ignore_errors=True)  # compute every row again
+            start = time.perf_counter()
+            stats = stage.run()
+            return time.perf_counter() - start, stats
+
+        # Each side twice, interleaved, and each side's faster time kept: a busy moment on a shared
+        # machine then slows neither side's figure.
+        bare_s, (stage_s, stats) = bare(), staged()
+        bare_s, (stage_s, stats) = min(bare_s, bare()), min((stage_s, stats), staged(), key=lambda r: r[0])
     if stats.ok != n_images:
         raise RuntimeError(f"the embed stage gave {stats.ok} ok rows, not {n_images}")
     ratio = bare_s / stage_s
