@@ -51,12 +51,22 @@ class TransformersCaptioner:
             )
         LOAD_COUNTS[self.name] += 1
         model = model.to(device=self.device, dtype=dtype).eval()
+        self._adapt(processor)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if self.decoder_only and tokenizer is not None:
+            # A decoder-only model continues the last position of each row: prompts padded on the
+            # right would make it continue from padding. The same prompt for every image never pads
+            # today; a per-image prompt would.
+            tokenizer.padding_side = "left"
         return model, processor
 
     def load(self) -> None:
         """Load the model now (the stage calls this before its first chunk)."""
         with loading("caption", self.cfg.model, self.cfg.revision):
             _ = self._loaded
+
+    def _adapt(self, processor: Any) -> None:
+        """Fix what this transformers version gets wrong about a loaded processor (nothing by default)."""
 
     def caption(self, images: list) -> list[str | None]:
         """Captions for a batch of RGB PIL images, stripped of whitespace (the prompt not repeated)."""
@@ -86,6 +96,7 @@ class TransformersCaptioner:
         return [" ".join(t.split()) for t in texts]
 
     echoes_prompt = False
+    decoder_only = False  # the language model generates after the prompt (OPT, Llama): pad on the left
 
 
 @CAPTIONERS.register("blip2")
@@ -94,6 +105,15 @@ class Blip2Captioner(TransformersCaptioner):
 
     name = "blip2"
     model_class = "Blip2ForConditionalGeneration"
+    decoder_only = True  # OPT
+
+    def _adapt(self, processor: Any) -> None:
+        """transformers 5.x's Blip2Processor takes the tokenizer's image token, which the tokenizer gives
+        as a str, then reads its `.content` when a prompt is given: every prompted caption failed."""
+        from tokenizers import AddedToken
+
+        if isinstance(getattr(processor, "image_token", None), str):
+            processor.image_token = AddedToken(processor.image_token, normalized=False, special=True)
 
 
 @CAPTIONERS.register("blip")
@@ -114,6 +134,7 @@ class LlavaCaptioner(TransformersCaptioner):
     name = "llava"
     model_class = "LlavaForConditionalGeneration"
     echoes_prompt = True
+    decoder_only = True
 
     def prompt(self) -> str:
         return f"USER: <image>\n{self.cfg.prompt or LLAVA_PROMPT} ASSISTANT:"

@@ -98,3 +98,22 @@ def test_captioner_variants_run_as_stages_beside_each_other(tmp_path, image_root
         assert (stats.ok, stats.error) == (12, 0), backend
         fingerprints.add(make_stage("caption", config, store).fingerprint)
     assert sorted(store.fingerprints("caption")) == sorted(fingerprints) and len(fingerprints) == 3
+
+
+def test_prompted_captions_do_not_depend_on_the_batch(tmp_path, image_root):
+    """With a prompt, a decoder-only captioner pads on the left, and each image's caption is the one
+    it gets alone (BLIP-2's OPT and LLaVA continue the last position of each row)."""
+    for backend in ("blip2", "llava"):
+        captions = {}
+        for batch_size in (1, 5):
+            config = resolve(
+                "tiny",
+                {"caption": {"backend": backend, "model": f"tiny/{backend}", "prompt": "a photo of"}},
+                {"device": "cpu", "batch_size": batch_size},
+            )
+            stage = make_stage("caption", config, Store(tmp_path / f"{backend}-{batch_size}"))
+            assert stage.captioner._loaded[1].tokenizer.padding_side == "left", backend
+            run_stage("ingest", config, stage.store, inputs=[image_root / "toygan"])
+            assert run_stage("caption", config, stage.store).ok == 12
+            captions[batch_size] = pl.from_arrow(stage.output.read(["image_id", "caption"])).sort("image_id")
+        assert captions[1].equals(captions[5]), backend
