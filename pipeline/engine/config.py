@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.engine.errors import UsageError
+from pipeline.engine.hub import resolve_revision
 from pipeline.engine.registry import Registry
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -61,6 +62,10 @@ class CaptionConfig:
     num_beams: int = 1
     seed: int = 0  # random init of tiny models
 
+    def identity(self) -> dict[str, Any]:
+        """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
+        return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
+
     def __post_init__(self) -> None:
         _check_dtype(self.dtype, "caption")
         if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
@@ -83,6 +88,10 @@ class GroundConfig:
     text_encoder: str | None = None  # groundingdino-py only: BERT hub id or local directory
     config_file: str | None = None  # groundingdino-py only: its model config (.py)
     seed: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
+        return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
 
     def __post_init__(self) -> None:
         _check_dtype(self.dtype, "ground")

@@ -162,7 +162,10 @@ class Stage(ABC):
     def identity(self) -> dict[str, Any]:
         """Everything that determines this stage's results (hashed into the fingerprint)."""
         upstream = {name: self.upstream(name).fingerprint for name in self.inputs if name != MANIFEST}
-        config = as_dict(self.cfg) if self.cfg is not None else {}
+        if self.cfg is None:
+            config = {}
+        else:  # a config that resolves part of itself (a hub revision) says so with identity()
+            config = self.cfg.identity() if hasattr(self.cfg, "identity") else as_dict(self.cfg)
         return {"stage": self.name, "version": self.version, "config": config, "inputs": upstream}
 
     def summary(self) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX, CaptionConfig
+from pipeline.engine.hub import resolve_revision
 from pipeline.models import CAPTIONERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import build_tiny
 
@@ -32,6 +33,11 @@ class TransformersCaptioner:
         self.cfg = cfg
         self.device = resolve_device(device)
 
+    @property
+    def revision(self) -> str | None:
+        """The commit the fingerprint records (engine/hub.py): what is loaded, whatever main is now."""
+        return resolve_revision(self.cfg.model, self.cfg.revision)
+
     def prompt(self) -> str | None:
         return self.cfg.prompt
 
@@ -44,10 +50,10 @@ class TransformersCaptioner:
         if self.cfg.model.startswith(TINY_PREFIX):
             model, processor = build_tiny(self.name, self.cfg.seed)
         else:
-            log.info("loading %s %s (revision %s)", self.name, self.cfg.model, self.cfg.revision or "default")
-            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+            log.info("loading %s %s (revision %s)", self.name, self.cfg.model, self.revision or "default")
+            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.revision)
             model = getattr(transformers, self.model_class).from_pretrained(
-                self.cfg.model, revision=self.cfg.revision, dtype=dtype, use_safetensors=True
+                self.cfg.model, revision=self.revision, dtype=dtype, use_safetensors=True
             )
         LOAD_COUNTS[self.name] += 1
         model = model.to(device=self.device, dtype=dtype).eval()
@@ -62,7 +68,7 @@ class TransformersCaptioner:
 
     def load(self) -> None:
         """Load the model now (the stage calls this before its first chunk)."""
-        with loading("caption", self.cfg.model, self.cfg.revision):
+        with loading("caption", self.cfg.model, self.revision):
             _ = self._loaded
 
     def _adapt(self, processor: Any) -> None:

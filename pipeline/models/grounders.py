@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.config import TINY_PREFIX, GroundConfig
+from pipeline.engine.hub import resolve_revision
 from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import build_tiny
 
@@ -85,6 +86,11 @@ class TransformersGroundingDino:
         self.cfg = cfg
         self.device = resolve_device(device)
 
+    @property
+    def revision(self) -> str | None:
+        """The commit the fingerprint records (engine/hub.py): what is loaded, whatever main is now."""
+        return resolve_revision(self.cfg.model, self.cfg.revision)
+
     @cached_property
     def _loaded(self) -> tuple[Any, Any]:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
@@ -93,10 +99,10 @@ class TransformersGroundingDino:
         if self.cfg.model.startswith(TINY_PREFIX):
             model, processor = build_tiny("grounding-dino", self.cfg.seed)
         else:
-            log.info("loading Grounding DINO %s (revision %s)", self.cfg.model, self.cfg.revision or "default")
-            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+            log.info("loading Grounding DINO %s (revision %s)", self.cfg.model, self.revision or "default")
+            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.revision)
             model = GroundingDinoForObjectDetection.from_pretrained(
-                self.cfg.model, revision=self.cfg.revision, dtype=dtype, use_safetensors=True
+                self.cfg.model, revision=self.revision, dtype=dtype, use_safetensors=True
             )
         LOAD_COUNTS["grounding-dino"] += 1
         processor.image_processor.size = {
@@ -107,7 +113,7 @@ class TransformersGroundingDino:
 
     def load(self) -> None:
         """Load the model now (the stage calls this before its first chunk)."""
-        with loading("ground", self.cfg.model, self.cfg.revision):
+        with loading("ground", self.cfg.model, self.revision):
             _ = self._loaded
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:

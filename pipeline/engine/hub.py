@@ -1,0 +1,66 @@
+"""A hub model's revision, resolved to the commit it names, for fingerprints and loading alike.
+
+`revision: null` means "the hub's main branch today": recorded as is, a hub update would change the
+features under an unchanged fingerprint. So a hub id's revision (a branch, a tag, or none) is
+resolved to its commit: first from the local Hugging Face cache (the `refs/<revision>` file a
+download leaves, so an offline cluster resolves it too), else from the hub when it is allowed and
+reachable. The backends load exactly that commit. Local directories and `tiny/...` models have no
+revision; an unresolvable one (offline and not cached) stays as given, and loading then fails with
+its own clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(model: str) -> bool:
+    """`org/name` that is not a local directory and not one of our tiny builds."""
+    return bool(HUB_ID.fullmatch(model)) and not model.startswith("tiny/") and not Path(model).exists()
+
+
+def resolve_revision(model: str, revision: str | None) -> str | None:
+    """The commit `revision` (None: main) of hub model `model`, or `revision` itself when there is
+    nothing to resolve or no way to."""
+    if revision is not None and COMMIT.fullmatch(revision):
+        return revision
+    if not is_hub_id(model):
+        return revision
+    return _resolved(model, revision, _cache_dir())
+
+
+def _cache_dir() -> str:
+    """Where huggingface_hub keeps downloads now (its environment variables, read at each call)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+@lru_cache(maxsize=64)
+def _resolved(model: str, revision: str | None, cache_dir: str) -> str | None:
+    ref = Path(cache_dir) / f"models--{model.replace('/', '--')}" / "refs" / (revision or "main")
+    try:
+        commit = ref.read_text().strip()
+        if COMMIT.fullmatch(commit):
+            return commit
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(model, revision=revision, timeout=5).sha or revision
+    except Exception as e:  # unreachable, unknown or gated: loading says so in its own words
+        log.debug("cannot resolve %s@%s on the hub: %s", model, revision or "main", e)
+        return revision
