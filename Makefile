@@ -14,7 +14,7 @@ OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
 # The environment's bin first on PATH: `dvc`, `item` and `python3` are the project's (dvc.yaml calls python3).
 OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: help install demo test bench soak lint ingest caption ground embed distance fit evaluate report status check clean-demo
+.PHONY: help install demo test bench smoke-paper reproduce soak lint ingest caption ground embed distance fit evaluate report status check clean-demo
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test: $(ENV_STAMP) ## run the test suite (offline)
 
 bench: $(ENV_STAMP) ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
 	$(OFFLINE) $(ITEM) bench
+
+smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (CPU here: about 15 min and 12 GiB RAM the first time, 18 GB disk in data/smoke-paper)
+	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pipeline.app.smoke
 
 soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
 	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 ITEM_SOAK_STATES=300 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q \

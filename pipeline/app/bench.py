@@ -197,16 +197,17 @@ def bench_million(n_large: int = 1_000_000, n_small: int = 100_000) -> list[dict
     ]
 
 
-def run_child(kind: str, root: Path) -> dict[str, Any]:
-    """Run `python -m pipeline.app.bench <kind> <root>` in a fresh process; its JSON line."""
+def run_child(kind: str, root: Path, *args: str, module: str = "pipeline.app.bench") -> dict[str, Any]:
+    """Run `python -m <module> <kind> <root> <args...>` in a fresh process; its last line, as JSON."""
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.app.bench", kind, str(root)],
+        [sys.executable, "-m", module, kind, str(root), *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} {kind} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -624,11 +625,15 @@ def run_all(only: str | None = None, rows: int = 80_000) -> list[dict[str, Any]]
     return figures
 
 
-def append_markdown(figures: list[dict[str, Any]], path: Path = ROOT / "BENCHMARKS.md") -> None:
+def append_markdown(
+    figures: list[dict[str, Any]],
+    path: Path = ROOT / "BENCHMARKS.md",
+    command: str = "`make bench` (`python -m pipeline bench`)",
+) -> None:
     lines = [
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit()}\n",
         f"Machine: {machine()}\n",
-        "Command: `make bench` (`python -m pipeline bench`)\n",
+        f"Command: {command}\n",
         "| figure | value | target | met | details |",
         "|---|---:|---|---|---|",
     ]
