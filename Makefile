@@ -8,6 +8,12 @@ ENV_STAMP = $(VENV)/.installed
 DATA ?= data
 PROFILE ?=
 INPUTS ?=
+# `make reproduce`: the paper's datasets (folders, zips or tars); only CNNDETECTION is required
+CNNDETECTION ?=
+UFD ?=
+DIFFUSIONFORENSICS ?=
+GENIMAGE ?=
+TRAIN_COUNT ?= 40000
 # Run the CLI from this checkout (not whichever checkout was pip-installed last).
 ITEM = PYTHONPATH=$(CURDIR) $(PY) -m pipeline
 OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
@@ -21,6 +27,7 @@ help: ## list the targets and the variables they take
 	@echo "variables: DATA=dir (data root, default data)  PROFILE=name (default: params.yaml's)"
 	@echo "           INPUTS=\"folders or lists\" (make ingest)  QUARANTINE=1 (make check)"
 	@echo "           PYTHON=python3 (makes the environment)  VENV=.venv (where it lives)"
+	@echo "           CNNDETECTION= UFD= DIFFUSIONFORENSICS= GENIMAGE= TRAIN_COUNT=40000 (make reproduce)"
 
 install: $(ENV_STAMP) ## make the project environment .venv (torch from the registry, uncapped); done by every target
 
@@ -37,6 +44,11 @@ test: $(ENV_STAMP) ## run the test suite (offline)
 
 bench: $(ENV_STAMP) ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
 	$(OFFLINE) $(ITEM) bench
+
+reproduce: $(ENV_STAMP) ## the paper's Tables I-III: make reproduce CNNDETECTION=dir [UFD=... DIFFUSIONFORENSICS=... GENIMAGE=...]
+	$(ITEM) reproduce --cnndetection $(CNNDETECTION) $(if $(UFD),--ufd $(UFD)) \
+		$(if $(DIFFUSIONFORENSICS),--diffusionforensics $(DIFFUSIONFORENSICS)) $(if $(GENIMAGE),--genimage $(GENIMAGE)) \
+		--train-count $(TRAIN_COUNT) $(OPTS)
 
 smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (CPU here: about 15 min and 12 GiB RAM the first time, 18 GB disk in data/smoke-paper)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pipeline.app.smoke
