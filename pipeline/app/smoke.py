@@ -27,6 +27,7 @@ from typing import Any
 from pipeline.app.bench import ROOT, append_markdown, figure, realistic_jpegs, run_child
 from pipeline.app.runner import run_stage
 from pipeline.engine.config import PipelineConfig, resolve
+from pipeline.engine.devices import resolve_device
 from pipeline.engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -293,13 +294,14 @@ def run_smoke(
     config = smoke_config(built, device, size)
     run_stage("ingest", config, Store(data_dir), inputs=[data_dir / "images"])
     figures = []
+    where = resolve_device(device)
     for stage in (*MODEL_STAGES, "distance"):
         result = run_child("smoke-stage", data_dir, stage, str(models_dir / STAMP), device, module="pipeline.app.smoke")
         if result["ok"] != n_images:
             raise RuntimeError(f"{stage}: {result['ok']} ok rows of {n_images} ({result['error']} errors)")
         figures.append(
             figure(
-                f"smoke-paper {stage} ({size} size, random weights, {n_images} JPEGs of 1.6 MP, {device})",
+                f"smoke-paper {stage} ({size} size, random weights, {n_images} JPEGs of 1.6 MP, {where})",
                 round(result["seconds"] / n_images, 2),
                 "s/image",
                 "runs; measured",
