@@ -12,7 +12,7 @@ from pipeline.engine import schemas
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
-from pipeline.models import CAPTIONERS, Captioner, shared_backend
+from pipeline.models import CAPTIONERS, Captioner, preprocessed, shared_backend
 
 
 @STAGES.register("caption")
@@ -30,10 +30,11 @@ class CaptionStage(FeatureStage):
         self.captioner.load()
 
     def prepare(self, batch: pa.Table) -> list[Any]:
-        """What the captioner reads: decoded images, or the manifest's caption text."""
+        """What the captioner reads: decoded images (preprocessed for the model when the captioner can
+        do that ahead of its call), or the manifest's caption text."""
         if self.captioner.reads == "caption":
             return batch.column("caption").to_pylist()
-        return self.load_images(batch)
+        return [preprocessed(self.captioner, image) for image in self.load_images(batch)]
 
     def process(self, batch: pa.Table, inputs: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

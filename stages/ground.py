@@ -11,7 +11,7 @@ from pipeline.engine import schemas
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
-from pipeline.models import GROUNDERS, Grounder, shared_backend
+from pipeline.models import GROUNDERS, Grounder, preprocessed, shared_backend
 
 
 @STAGES.register("ground")
@@ -30,7 +30,8 @@ class GroundStage(FeatureStage):
         self.grounder.load()
 
     def prepare(self, batch: pa.Table) -> list[Any] | None:
-        return self.load_images(batch)
+        """Decoded images, preprocessed for the model when the grounder can do that ahead of its call."""
+        return [preprocessed(self.grounder, image) for image in self.load_images(batch)]
 
     def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.engine.config import EmbedConfig, GroundConfig
 from pipeline.models.clip import ClipEncoder, embed_dim
-from pipeline.models.grounders import TransformersGroundingDino
+from pipeline.models.grounders import TransformersGroundingDino, prompt_of
 
 CAPTION = "a red ball, a tree, a small dog and a blue car"
 # Four objects per image as fractions of its width and height (what the embed stage then crops).
@@ -47,36 +47,38 @@ class NoopCaptioner:
 
 
 class NoopGrounder(TransformersGroundingDino):
-    """The real grounder's padding and bucketing, and Grounding DINO's image processor at 800/1333;
-    four fixed boxes per image instead of the model and its post-processing."""
+    """The real grounder's padding, preprocessing (Grounding DINO's image processor at 800/1333, in
+    the stage's loader thread) and bucketing, and its tokenizer; four fixed boxes per image instead
+    of the model and its post-processing."""
 
     def __init__(self, stage: Any) -> None:
         del stage  # the paper's sizes whatever the stage's profile: the cost a real run pays
         super().__init__(GroundConfig(), "cpu")
 
     @cached_property
-    def processor(self) -> Any:
-        from transformers import GroundingDinoImageProcessor
+    def _loaded(self) -> tuple[Any, Any]:
+        from transformers import BertTokenizer, GroundingDinoImageProcessor, GroundingDinoProcessor
 
-        return GroundingDinoImageProcessor(
-            size={"shortest_edge": self.cfg.shortest_edge, "longest_edge": self.cfg.longest_edge}
-        )
+        from pipeline.models.tiny import bert_vocab
+
+        size = {"shortest_edge": self.cfg.shortest_edge, "longest_edge": self.cfg.longest_edge}
+        tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
+        return None, GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=size), tokenizer=tokenizer)
 
     def load(self) -> None:
-        _ = self.processor
+        _ = self._loaded
 
-    def _forward(self, images: list, captions: list[str]) -> list[list[dict[str, Any]]]:
-        self.processor(images=images, return_tensors="pt")
+    def _forward(self, items: list, captions: list[str]) -> list[list[dict[str, Any]]]:
+        import torch
+
+        self._loaded[1](text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
+        torch.stack([item.pixel_values for item in items])
         return [
             [
-                {
-                    "phrase": p,
-                    "box": [b[0] * im.width, b[1] * im.height, b[2] * im.width, b[3] * im.height],
-                    "score": 0.5,
-                }
+                {"phrase": p, "box": [b[0] * w, b[1] * h, b[2] * w, b[3] * h], "score": 0.5}
                 for p, b in zip(PHRASES, BOXES, strict=True)
             ]
-            for im in images
+            for h, w in (item.padded for item in items)
         ]
 
 

@@ -74,17 +74,28 @@ class TransformersCaptioner:
     def _adapt(self, processor: Any) -> None:
         """Fix what this transformers version gets wrong about a loaded processor (nothing by default)."""
 
+    def preprocess(self, image) -> Any:
+        """Without a prompt (the paper's unconditional captions), the image as the model takes it:
+        CPU work the stage runs in its loader thread. With one, the image itself: the processor makes
+        the image and its prompt's tokens together (image tokens, LLaVA's expansion)."""
+        if self.prompt():
+            return image
+        return self._loaded[1].image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
     def caption(self, images: list) -> list[str | None]:
-        """Captions for a batch of RGB PIL images, stripped of whitespace (the prompt not repeated)."""
+        """Captions for a batch of RGB PIL images (or what `preprocess` made of them), stripped of
+        whitespace (the prompt not repeated)."""
         import torch
+        from transformers import BatchFeature
 
         model, processor = self._loaded
-        kwargs: dict[str, Any] = {"images": images, "return_tensors": "pt"}
         prompt = self.prompt()
         if prompt:
-            kwargs["text"] = [prompt] * len(images)
-            kwargs["padding"] = True
-        inputs = processor(**kwargs).to(self.device)
+            inputs = processor(images=images, text=[prompt] * len(images), padding=True, return_tensors="pt")
+        else:  # the same pixels the processor gives a batch: its image processor works image by image
+            pixels = [im if isinstance(im, torch.Tensor) else self.preprocess(im) for im in images]
+            inputs = BatchFeature({"pixel_values": torch.stack(pixels)})
+        inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with torch.inference_mode():
             out = model.generate(

@@ -9,6 +9,7 @@ dropped; the `max_objects` highest-scoring objects are kept, in descending score
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -22,6 +23,17 @@ from pipeline.models.tiny import build_tiny
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]  # {"phrase": str, "box": [x0, y0, x1, y1], "score": float}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image as the grounder's processor made it."""
+
+    pixel_values: Any  # (3, H, W)
+    pixel_mask: Any  # (H, W)
+    width: int  # the image's own size: boxes are clipped to it
+    height: int
+    padded: tuple[int, int]  # (height, width) after pad_to_aspect: the boxes' coordinate frame
 
 
 def prompt_of(caption: str) -> str:
@@ -116,20 +128,34 @@ class TransformersGroundingDino:
         with loading("ground", self.cfg.model, self.revision):
             _ = self._loaded
 
+    def preprocess(self, image) -> Prepared:
+        """The image as the model takes it (padded to MAX_ASPECT, resized, normalised): CPU work the
+        stage runs in its loader thread while the model works on the previous batch."""
+        padded = pad_to_aspect(image)
+        encoded = self._loaded[1].image_processor(images=[padded], return_tensors="pt")
+        return Prepared(
+            encoded["pixel_values"][0],
+            encoded["pixel_mask"][0],
+            image.width,
+            image.height,
+            (padded.height, padded.width),
+        )
+
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
-        """Objects per image. Images are run together only with images that the processor resizes to
-        the same shape: a batch of mixed sizes would be padded to its largest, and the backbone would
-        see that padding, so an image's objects would depend on its batch mates (and on batch size,
-        chunking, resume point and executor). Bucketing keeps every image's result its own."""
-        padded = [pad_to_aspect(im) for im in images]
-        buckets: dict[tuple[int, int], list[int]] = {}
-        for k, im in enumerate(padded):
-            buckets.setdefault(self.resized_shape(im), []).append(k)
-        out: list[list[Obj]] = [[] for _ in images]
+        """Objects per image (an RGB image, or what `preprocess` made of one). Images are run together
+        only with images that the processor resized to the same shape: a batch of mixed sizes would be
+        padded to its largest, and the backbone would see that padding, so an image's objects would
+        depend on its batch mates (and on batch size, chunking, resume point and executor). Bucketing
+        keeps every image's result its own."""
+        items = [im if isinstance(im, Prepared) else self.preprocess(im) for im in images]
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for k, item in enumerate(items):
+            buckets.setdefault(tuple(item.pixel_values.shape), []).append(k)
+        out: list[list[Obj]] = [[] for _ in items]
         for members in buckets.values():
-            found = self._forward([padded[k] for k in members], [captions[k] for k in members])
+            found = self._forward([items[k] for k in members], [captions[k] for k in members])
             for k, objects in zip(members, found, strict=True):
-                out[k] = finish(objects, images[k].width, images[k].height, self.cfg.max_objects)
+                out[k] = finish(objects, items[k].width, items[k].height, self.cfg.max_objects)
         return out
 
     def resized_shape(self, image) -> tuple[int, int]:
@@ -139,12 +165,14 @@ class TransformersGroundingDino:
         h, w = get_size_with_aspect_ratio((image.height, image.width), self.cfg.shortest_edge, self.cfg.longest_edge)
         return int(h), int(w)
 
-    def _forward(self, images: list, captions: list[str]) -> list[list[Obj]]:
-        """One model call on images of one resized shape: raw objects in pixels of each (padded) image."""
+    def _forward(self, items: list[Prepared], captions: list[str]) -> list[list[Obj]]:
+        """One model call on images of one resized shape: raw objects in pixels of each padded image."""
         import torch
 
         model, processor = self._loaded
-        inputs = processor(images=images, text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
+        inputs = processor(text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
+        inputs["pixel_values"] = torch.stack([item.pixel_values for item in items])
+        inputs["pixel_mask"] = torch.stack([item.pixel_mask for item in items])
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
         with torch.inference_mode():
@@ -154,7 +182,7 @@ class TransformersGroundingDino:
             input_ids=inputs["input_ids"],
             threshold=self.cfg.box_threshold,
             text_threshold=self.cfg.text_threshold,
-            target_sizes=[(im.height, im.width) for im in images],
+            target_sizes=[item.padded for item in items],
         )
         return [
             [
