@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import polars as pl
+import pytest
 import torch
 
 from pipeline.app.runner import run_stage
@@ -32,8 +33,12 @@ class MemoryLimitedBlip2(Blip2Captioner):
         return super().caption(images)
 
 
-if LIMITED not in CAPTIONERS:
+@pytest.fixture(autouse=True)
+def limited_backend():
+    """Registered for these tests only: the registry lists real backends everywhere else."""
     CAPTIONERS.register(LIMITED)(MemoryLimitedBlip2)
+    yield
+    CAPTIONERS.unregister(LIMITED)
 
 
 def store_and_config(tmp_path, name: str, backend: str, batch_size: int):
