@@ -35,15 +35,22 @@ def resolve_revision(model: str, revision: str | None) -> str | None:
         return revision
     if not is_hub_id(model):
         return revision
-    return _resolved(model, revision, _cache_dir())
+    return _resolved(model, revision, hub_cache_dir())
 
 
-def _cache_dir() -> str:
-    """Where huggingface_hub keeps downloads now (its environment variables, read at each call)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return os.path.join(home, "hub")
+def hub_cache_dir() -> str:
+    """Where huggingface_hub keeps downloads, by its own rules (HF_HUB_CACHE, the legacy
+    HUGGINGFACE_HUB_CACHE, HF_HOME, XDG_CACHE_HOME), read now: the library reads them once, at import.
+    The backends load from this directory too, so the commit recorded and the files loaded agree."""
+
+    def expand(path: str) -> str:
+        return os.path.expandvars(os.path.expanduser(path))
+
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = expand(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface"))
+    return expand(
+        os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    )
 
 
 @lru_cache(maxsize=64)
@@ -60,7 +67,24 @@ def _resolved(model: str, revision: str | None, cache_dir: str) -> str | None:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().model_info(model, revision=revision, timeout=5).sha or revision
+        commit = HfApi().model_info(model, revision=revision, timeout=5).sha
     except Exception as e:  # unreachable, unknown or gated: loading says so in its own words
         log.debug("cannot resolve %s@%s on the hub: %s", model, revision or "main", e)
         return revision
+    if not commit or not COMMIT.fullmatch(commit):
+        return revision
+    _record_ref(ref, commit)
+    return commit
+
+
+def _record_ref(ref: Path, commit: str) -> None:
+    """Write `refs/<revision>` as a download by branch name would. The backends download by commit,
+    which leaves no ref: without this, the next run offline could not resolve the revision (a new
+    fingerprint) nor load it (the hub client finds a branch's files only through its ref)."""
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        tmp.replace(ref)  # atomic: a concurrent reader never sees half a commit
+    except OSError as e:  # a read-only cache: this run is right, a later offline one asks again
+        log.debug("cannot record %s in %s: %s", commit, ref, e)

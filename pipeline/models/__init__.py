@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from pipeline.engine.devices import resolve_device  # noqa: F401 (backends import it from here)
 from pipeline.engine.errors import UsageError
+from pipeline.engine.hub import hub_cache_dir, resolve_revision
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.registry import Registry
 
@@ -68,8 +69,12 @@ _BACKENDS: dict[tuple[Any, ...], Any] = {}
 
 def shared_backend(kind: str, factory: Callable[[Any, str], Any], cfg: Any, device: str) -> Any:
     """One backend (and so one loaded model) per configuration and device in this process, shared by
-    every stage instance that asks for it (a dask worker loads each model once, whatever the data root)."""
-    key = (kind, cfg, resolve_device(device))
+    every stage instance that asks for it (a dask worker loads each model once, whatever the data root).
+
+    Keyed by the commit a hub revision names too: `revision: null` is one config whatever main is, and
+    a backend loaded at one commit must not serve a stage whose fingerprint records another."""
+    commit = resolve_revision(cfg.model, cfg.revision) if hasattr(cfg, "revision") else None
+    key = (kind, cfg, commit, resolve_device(device))
     if key not in _BACKENDS:
         _BACKENDS[key] = factory(cfg, device)
     return _BACKENDS[key]
@@ -88,15 +93,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _needs_hub(model: str) -> bool:
-    """A hub id that is not in the local cache (so loading it would go to the network)."""
+def _needs_hub(model: str, revision: str | None = None) -> bool:
+    """A hub id whose `revision` is not in the local cache (so loading it would go to the network).
+
+    Looked up at that revision: the backends load a resolved commit, and a snapshot downloaded by
+    commit has no `refs/main` to find it by."""
     local = model.startswith(("tiny/", ".", "/", "~")) or Path(model).expanduser().exists()
     if local or " " in model or "/" not in model:  # a local path, a tiny model, or not a hub id
         return False
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return not isinstance(try_to_load_from_cache(model, "config.json"), str)
+        # The cache directory as of now (the library reads its variables once, at import).
+        cached = try_to_load_from_cache(model, "config.json", cache_dir=hub_cache_dir(), revision=revision)
+        return not isinstance(cached, str)
     except Exception:  # an old or absent huggingface_hub: let the loader decide
         return False
 
@@ -109,7 +119,7 @@ def loading(stage: str, model: str, revision: str | None = None) -> Iterator[Non
     A hub id that is not cached, with no network, fails in seconds instead of after the hub
     client's retries."""
     try:
-        if not os.environ.get("HF_HUB_OFFLINE") and _needs_hub(model) and not hub_reachable():
+        if not os.environ.get("HF_HUB_OFFLINE") and _needs_hub(model, revision) and not hub_reachable():
             raise ConnectionError("the Hugging Face hub cannot be reached (no network?) and the model is not cached")
         yield
     except Exception as e:

@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX, CaptionConfig
-from pipeline.engine.hub import resolve_revision
+from pipeline.engine.hub import hub_cache_dir, resolve_revision
 from pipeline.models import CAPTIONERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import build_tiny
 
@@ -51,9 +51,10 @@ class TransformersCaptioner:
             model, processor = build_tiny(self.name, self.cfg.seed)
         else:
             log.info("loading %s %s (revision %s)", self.name, self.cfg.model, self.revision or "default")
-            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.revision)
+            hub = {"revision": self.revision, "cache_dir": hub_cache_dir()}  # the commit the fingerprint records
+            processor = AutoProcessor.from_pretrained(self.cfg.model, **hub)
             model = getattr(transformers, self.model_class).from_pretrained(
-                self.cfg.model, revision=self.revision, dtype=dtype, use_safetensors=True
+                self.cfg.model, **hub, dtype=dtype, use_safetensors=True
             )
         LOAD_COUNTS[self.name] += 1
         model = model.to(device=self.device, dtype=dtype).eval()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.config import TINY_PREFIX, GroundConfig
-from pipeline.engine.hub import resolve_revision
+from pipeline.engine.hub import hub_cache_dir, resolve_revision
 from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
 from pipeline.models.tiny import build_tiny
 
@@ -112,9 +112,10 @@ class TransformersGroundingDino:
             model, processor = build_tiny("grounding-dino", self.cfg.seed)
         else:
             log.info("loading Grounding DINO %s (revision %s)", self.cfg.model, self.revision or "default")
-            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.revision)
+            hub = {"revision": self.revision, "cache_dir": hub_cache_dir()}  # the commit the fingerprint records
+            processor = AutoProcessor.from_pretrained(self.cfg.model, **hub)
             model = GroundingDinoForObjectDetection.from_pretrained(
-                self.cfg.model, revision=self.revision, dtype=dtype, use_safetensors=True
+                self.cfg.model, **hub, dtype=dtype, use_safetensors=True
             )
         LOAD_COUNTS["grounding-dino"] += 1
         processor.image_processor.size = {
