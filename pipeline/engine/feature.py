@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import traceback
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -342,26 +343,32 @@ class FeatureStage(Stage):
         try:
             result = self.process(batch) if prepared is None else self.process(batch, prepared)
         except Exception as e:
-            _free_gpu_memory(e)
             if batch.num_rows == 1:
+                _free_gpu_memory(e)
                 log.debug("%s failed on %s", self.name, batch.column("image_id")[0], exc_info=True)
                 return self._rows_table([self._exception_row(batch.column("image_id")[0].as_py(), e)])
-            mid = batch.num_rows // 2
-            first, second = (None, None) if prepared is None else (prepared[:mid], prepared[mid:])
-            halves = [
-                self._process_isolated(batch.slice(0, mid), first),
-                self._process_isolated(batch.slice(mid), second),
-            ]
-            merged = pa.concat_tables(halves)
-            if batch.num_rows >= 4 and pc.all(pc.equal(merged.column("status"), STATUS_ERROR)).as_py():
-                raise SystemicError(
-                    f"{self.name}: every row of a batch of {batch.num_rows} failed: {type(e).__name__}: {e}"
-                ) from e
-            return merged
-        table = result if isinstance(result, pa.Table) else self._rows_table(result)
-        if table.num_rows != batch.num_rows:
-            raise SystemicError(f"{self.name}.process returned {table.num_rows} rows for {batch.num_rows}")
-        return table
+            # The traceback holds the failed call's frames and so its tensors: drop them before the
+            # halves run, or an out-of-memory batch's activations stay allocated beside its halves.
+            traceback.clear_frames(e.__traceback__)
+            failure = e
+        else:
+            table = result if isinstance(result, pa.Table) else self._rows_table(result)
+            if table.num_rows != batch.num_rows:
+                raise SystemicError(f"{self.name}.process returned {table.num_rows} rows for {batch.num_rows}")
+            return table
+        _free_gpu_memory(failure)
+        mid = batch.num_rows // 2
+        first, second = (None, None) if prepared is None else (prepared[:mid], prepared[mid:])
+        halves = [
+            self._process_isolated(batch.slice(0, mid), first),
+            self._process_isolated(batch.slice(mid), second),
+        ]
+        merged = pa.concat_tables(halves)
+        if batch.num_rows >= 4 and pc.all(pc.equal(merged.column("status"), STATUS_ERROR)).as_py():
+            raise SystemicError(
+                f"{self.name}: every row of a batch of {batch.num_rows} failed: {type(failure).__name__}: {failure}"
+            ) from failure
+        return merged
 
     def _exception_row(self, image_id: str, e: Exception) -> dict[str, Any]:
         return {"image_id": image_id, "status": STATUS_ERROR, "error": f"model error: {type(e).__name__}: {e}"}

@@ -8,12 +8,13 @@ than the limit raises torch's OutOfMemoryError, as a GPU would (a CPU cannot run
 from __future__ import annotations
 
 import logging
+import weakref
 
 import polars as pl
 import pytest
 import torch
 
-from pipeline.app.runner import run_stage
+from pipeline.app.runner import make_stage, run_stage
 from pipeline.engine.config import resolve
 from pipeline.engine.store import Store
 from pipeline.models import CAPTIONERS
@@ -33,12 +34,48 @@ class MemoryLimitedBlip2(Blip2Captioner):
         return super().caption(images)
 
 
+HEAVY = "blip2-one-image-too-large"
+
+
+class OneImageTooLarge(Blip2Captioner):
+    """Every image takes one unit of memory and two fit at once, except the image whose pixels sum to
+    `heavy`, which does not fit even alone (a very large image, on a GPU that holds the model)."""
+
+    heavy: float | None = None
+
+    def caption(self, images: list) -> list[str | None]:
+        used = sum(100 if float(im.sum()) == self.heavy else 1 for im in images)
+        if used > 2:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {used} units for {len(images)} images")
+        return super().caption(images)
+
+
+HOLDING = "blip2-holding-activations"
+FAILED_CALLS: list[weakref.ref] = []  # the activations of each call that ran out of memory
+HELD_AT_CALL: list[int] = []  # how many of those were still alive when each call started
+
+
+class HoldsActivations(Blip2Captioner):
+    """Allocates its activations, then runs out of memory with more than two images, as a forward does."""
+
+    def caption(self, images: list) -> list[str | None]:
+        HELD_AT_CALL.append(sum(ref() is not None for ref in FAILED_CALLS))
+        activations = torch.zeros(len(images), 1024)
+        if len(images) > 2:
+            FAILED_CALLS.append(weakref.ref(activations))
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: tried {len(images)} images")
+        return super().caption(images)
+
+
 @pytest.fixture(autouse=True)
 def limited_backend():
     """Registered for these tests only: the registry lists real backends everywhere else."""
-    CAPTIONERS.register(LIMITED)(MemoryLimitedBlip2)
+    backends = {LIMITED: MemoryLimitedBlip2, HEAVY: OneImageTooLarge, HOLDING: HoldsActivations}
+    for name, cls in backends.items():
+        CAPTIONERS.register(name)(cls)
     yield
-    CAPTIONERS.unregister(LIMITED)
+    for name in backends:
+        CAPTIONERS.unregister(name)
 
 
 def store_and_config(tmp_path, name: str, backend: str, batch_size: int):
@@ -73,3 +110,44 @@ def test_an_image_that_never_fits_gets_an_error_row(tmp_path, image_root):
     assert (stats.ok, stats.error) == (0, 6)
     errors = store.features("caption", stats.fingerprint).read(["error"]).column("error").to_pylist()
     assert all(e.startswith("model error: OutOfMemoryError: CUDA out of memory") for e in errors)
+
+
+def test_an_image_that_never_fits_among_images_that_do_gets_the_only_error_row(tmp_path, image_root):
+    """A batch of 8 splits down to the one image that does not fit alone: it gets an error row, and
+    every other row is the one batch size 1 gives."""
+    store, config = store_and_config(tmp_path, "alone", "blip2", 1)
+    run_stage("ingest", config, store, inputs=[image_root / "toygan"])
+    alone = pl.from_arrow(store.features("caption", run_stage("caption", config, store).fingerprint).read())
+    manifest = store.manifest.read(["image_id", "path"]).sort_by("image_id")
+    heavy_id = manifest.column("image_id")[3].as_py()
+    stage = make_stage("caption", config, store)
+    OneImageTooLarge.heavy = float(stage.prepare(manifest.slice(3, 1))[0].sum())  # the stage's own pixels
+
+    store, config = store_and_config(tmp_path, "limited", HEAVY, 8)
+    run_stage("ingest", config, store, inputs=[image_root / "toygan"])
+    stats = run_stage("caption", config, store)
+    assert (stats.ok, stats.error) == (11, 1)
+    limited = pl.from_arrow(store.features("caption", stats.fingerprint).read())
+    error = limited.filter(pl.col("status") == "error")
+    assert error["image_id"].to_list() == [heavy_id]
+    assert error["error"][0].startswith("model error: OutOfMemoryError: CUDA out of memory: 100 units")
+    ok = ["image_id", "caption"]
+    assert (
+        limited.filter(pl.col("status") == "ok")
+        .select(ok)
+        .sort("image_id")
+        .equals(alone.filter(pl.col("image_id") != heavy_id).select(ok).sort("image_id"))
+    )
+
+
+def test_a_failed_batch_frees_its_memory_before_the_halves_run(tmp_path, image_root):
+    """The halves of a batch that ran out of memory must not run while the failed call's tensors are
+    still held (the traceback holds its frames): on a GPU they would take the memory the halves need.
+    PyTorch's FAQ: recover from an OOM outside the except clause."""
+    FAILED_CALLS.clear()
+    HELD_AT_CALL.clear()
+    store, config = store_and_config(tmp_path, "holding", HOLDING, 8)
+    run_stage("ingest", config, store, inputs=[image_root / "toygan" / "0_real"])
+    stats = run_stage("caption", config, store)
+    assert (stats.ok, stats.error) == (6, 0) and len(FAILED_CALLS) >= 2
+    assert HELD_AT_CALL == [0] * len(HELD_AT_CALL)
