@@ -50,7 +50,7 @@ reproduce: $(ENV_STAMP) ## the paper's Tables I-III: make reproduce CNNDETECTION
 		$(if $(DIFFUSIONFORENSICS),--diffusionforensics $(DIFFUSIONFORENSICS)) $(if $(GENIMAGE),--genimage $(GENIMAGE)) \
 		--train-count $(TRAIN_COUNT) $(OPTS)
 
-smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: under 4 min, 9 GiB RAM, 10 GB disk in data/smoke-paper)
+smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: under 4 min, 2.5 when the build is kept; 8.5 GiB RAM; 9.5 GB disk in data/smoke-paper)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pipeline.app.smoke
 
 soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
