@@ -124,23 +124,26 @@ class KeyIndex(KeySet):
     texts: dict[int, pa.Array] = field(default_factory=dict)  # keys of parts that are not all image ids
 
     @classmethod
-    def concat(cls, pieces: list[tuple[np.ndarray, np.ndarray, pa.Array | None]]) -> KeyIndex:
-        """The index of parts given in order as (codes, ok, key text or None)."""
-        sizes = [len(ok) for _, ok, _ in pieces]
-        return cls(
-            codes=np.concatenate([c for c, _, _ in pieces]) if pieces else np.empty((0, WORDS), np.uint64),
-            ok=np.concatenate([o for _, o, _ in pieces]) if pieces else np.empty(0, bool),
-            starts=np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64),
-            texts={i: t for i, (_, _, t) in enumerate(pieces) if t is not None},
-        )
-
-    @classmethod
     def allocate(cls, sizes: list[int]) -> KeyIndex:
         """An index for parts of these sizes, to be filled in place (all rows error until filled)."""
         n = int(sum(sizes))
         starts = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=starts[1:])
         return cls(codes=np.zeros((n, WORDS), np.uint64), ok=np.zeros(n, bool), starts=starts)
+
+    def part(self, i: int) -> tuple[np.ndarray, np.ndarray, pa.Array | None]:
+        """Part `i`'s (codes, ok, key text or None): views of the index, not copies."""
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        return self.codes[a:b], self.ok[a:b], self.texts.get(i)
+
+    def fill(self, i: int, codes: np.ndarray, ok: np.ndarray, text: pa.Array | None) -> None:
+        """Put part `i`'s keys in place (ValueError when their number is not the part's size)."""
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        if len(ok) != b - a:
+            raise ValueError(f"part {i} has {len(ok)} rows, not {b - a}")
+        self.codes[a:b], self.ok[a:b] = codes, ok
+        if text is not None:
+            self.texts[i] = text
 
     def part_of(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(part index, row within the part) of rows at `positions`."""

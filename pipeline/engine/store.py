@@ -49,8 +49,8 @@ WRITE_DELAY_ENV = "ITEM_FAULT_WRITE_DELAY"
 
 
 # Key indexes of folders already read in this process, by (folder, key column): the parts' signatures
-# (path, mtime, size) it was built from, the index, and each part's slice of it.
-_INDEX_CACHE: dict[tuple[str, str], tuple[tuple, KeyIndex, list]] = {}
+# (path, mtime, size) each was built from, and the index.
+_INDEX_CACHE: dict[tuple[str, str], tuple[tuple, KeyIndex]] = {}
 
 
 class StoreError(RuntimeError):
@@ -178,23 +178,19 @@ class PartDir:
         cached = _INDEX_CACHE.get((str(self.path), self.key))
         if cached is not None and cached[0] == signature:
             return cached[1]
-        old = dict(zip(cached[0], cached[2], strict=True)) if cached is not None else {}
+        # Parts already indexed keep their keys (views of the previous index); only new parts are read.
+        old = {sig: cached[1].part(i) for i, sig in enumerate(cached[0])} if cached is not None else {}
         has_status = self.schema is None or "status" in self.schema.names
         # Sizes first (a part's footer), so the index is filled in place: building it never holds the
         # keys twice (at a million images that is the difference between flat and doubled memory).
         sizes = [len(old[sig][1]) if sig in old else self._check_columns(Path(sig[0])) for sig in signature]
         index = KeyIndex.allocate(sizes)
-        views = []
         for i, sig in enumerate(signature):
-            a, b = int(index.starts[i]), int(index.starts[i + 1])
-            codes, ok, text = old[sig] if sig in old else self._part_keys(Path(sig[0]), has_status)
-            if len(ok) != b - a:
-                raise StoreError(f"part file {sig[0]} changed while it was read; run again")
-            index.codes[a:b], index.ok[a:b] = codes, ok
-            if text is not None:
-                index.texts[i] = text
-            views.append((index.codes[a:b], index.ok[a:b], text))  # views of the index, not copies
-        _INDEX_CACHE[(str(self.path), self.key)] = (signature, index, views)
+            try:
+                index.fill(i, *(old[sig] if sig in old else self._part_keys(Path(sig[0]), has_status)))
+            except ValueError:
+                raise StoreError(f"part file {sig[0]} changed while it was read; run again") from None
+        _INDEX_CACHE[(str(self.path), self.key)] = (signature, index)
         return index
 
     @staticmethod

@@ -49,12 +49,11 @@ def test_contains_is_set_membership(members, queries):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(st.tuples(KEYS, st.booleans()), max_size=12), max_size=5))
 def test_current_row_is_ok_over_error_then_newest(parts):
-    pieces = []
-    for part in parts:
+    index = KeyIndex.allocate([len(part) for part in parts])
+    for i, part in enumerate(parts):
         keys = pa.array([k for k, _ in part], pa.string())
         codes, all_ids = encode(keys)
-        pieces.append((codes, np.array([ok for _, ok in part], bool), None if all_ids else keys))
-    index = KeyIndex.concat(pieces)
+        index.fill(i, codes, np.array([ok for _, ok in part], bool), None if all_ids else keys)
     rows = [(k, ok) for part in parts for k, ok in part]
     expected: dict[str, int] = {}
     for position, (key, ok) in enumerate(rows):
