@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from pipeline.engine.devices import resolve_device  # noqa: F401 (backends import it from here)
 from pipeline.engine.errors import UsageError
-from pipeline.engine.hub import hub_cache_dir, resolve_revision
+from pipeline.engine.hub import hub_cache_dir, is_hub_id, resolve_revision
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.registry import Registry
 
@@ -98,8 +98,7 @@ def _needs_hub(model: str, revision: str | None = None) -> bool:
 
     Looked up at that revision: the backends load a resolved commit, and a snapshot downloaded by
     commit has no `refs/main` to find it by."""
-    local = model.startswith(("tiny/", ".", "/", "~")) or Path(model).expanduser().exists()
-    if local or " " in model or "/" not in model:  # a local path, a tiny model, or not a hub id
+    if not is_hub_id(model):  # a local path, a tiny model, or not a hub id at all
         return False
     try:
         from huggingface_hub import try_to_load_from_cache
