@@ -112,26 +112,15 @@ def pseudo_words(n: int) -> list[str]:
 def opt_tokenizer(vocab_size: int) -> Any:
     """A byte-level BPE tokenizer with OPT's special tokens and exactly `vocab_size` entries (the
     model's embedding size, so every id the random model generates decodes), built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import models, pre_tokenizers
 
-    specials = ["<pad>", "</s>", "<unk>", "<image>"]
+    from pipeline.models.tiny import OPT_SPECIALS, byte_level, opt_tokenizer_of
+
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = list(dict.fromkeys([*specials, *alphabet]))
+    tokens = list(dict.fromkeys([*OPT_SPECIALS, *alphabet]))
     tokens += ["Ġ" + w for w in pseudo_words(vocab_size - len(tokens))]  # Ġ: the byte-level space
     vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="</s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    return opt_tokenizer_of(byte_level(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")))
 
 
 def bert_vocab(size: int) -> dict[str, int]:

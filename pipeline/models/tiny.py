@@ -36,18 +36,24 @@ def caption_corpus() -> list[str]:
     return [" ".join(WORDS[i : i + 7]) for i in range(0, len(WORDS), 3)] * 4
 
 
-def byte_level_bpe(vocab_size: int = 400):
-    """An OPT-style byte-level BPE tokenizer (BOS `</s>`, pad `<pad>`) trained on the tiny corpus."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+OPT_SPECIALS = ["<pad>", "</s>", "<unk>", "<image>"]
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+
+def byte_level(model: Any) -> Any:
+    """A `tokenizers` Tokenizer around `model` with GPT-2/OPT's byte-level pre-tokenizer and decoder."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+
+    tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>", "<image>"], show_progress=False
-    )
-    tok.train_from_iterator(caption_corpus(), trainer)
+    return tok
+
+
+def opt_tokenizer_of(tok: Any) -> Any:
+    """`tok` (holding OPT_SPECIALS) as OPT's fast tokenizer: BOS `</s>` first, pad `<pad>`, `<image>`."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
     bos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", bos)]
@@ -60,6 +66,16 @@ def byte_level_bpe(vocab_size: int = 400):
         unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
+
+
+def byte_level_bpe(vocab_size: int = 400):
+    """An OPT-style byte-level BPE tokenizer (BOS `</s>`, pad `<pad>`) trained on the tiny corpus."""
+    from tokenizers import models, trainers
+
+    tok = byte_level(models.BPE(unk_token="<unk>"))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=OPT_SPECIALS, show_progress=False)
+    tok.train_from_iterator(caption_corpus(), trainer)
+    return opt_tokenizer_of(tok)
 
 
 # Grounding DINO hard-codes the delimiter ids of bert-base-uncased ([CLS] 101, [SEP] 102, "." 1012,
