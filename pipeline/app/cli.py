@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -477,42 +477,25 @@ def demo(
     typer.echo(f"demo finished in {time.perf_counter() - start:.1f}s: {summary}")
 
 
+def DatasetPaths(help: str) -> Any:  # noqa: N802 (used as a type, like the aliases above)
+    """A repeatable dataset option of `item reproduce`: folders, zips or tars."""
+    return Annotated[list[str] | None, typer.Option(help=help, metavar="PATH", show_default=False)]
+
+
 @app.command("reproduce")
 def reproduce_tables(
-    cnndetection: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="CNNDetection: a folder or zip/tar holding train/ (ProGAN <class>/0_real|1_fake: the training "
-            "subset), val/ (calibration) and test/<generator>/ (Tables I-II). Repeat it for separate trees.",
-            metavar="PATH",
-            show_default=False,
-        ),
-    ] = None,
-    ufd: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="UniversalFakeDetect's diffusion_datasets: guided, ldm_*, glide_*, dalle (1_fake) with laion/ "
-            "and imagenet/ (0_real) (Tables I-II).",
-            metavar="PATH",
-            show_default=False,
-        ),
-    ] = None,
-    diffusionforensics: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="DiffusionForensics images: test/<source>/<generator>, reals in <source>/real (Table III).",
-            metavar="PATH",
-            show_default=False,
-        ),
-    ] = None,
-    genimage: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="GenImage: <generator>/.../val/{ai,nature} (Table III: ADM, Glide, VQDM).",
-            metavar="PATH",
-            show_default=False,
-        ),
-    ] = None,
+    cnndetection: DatasetPaths(
+        "CNNDetection: a folder or zip/tar holding train/ (ProGAN <class>/0_real|1_fake: the training "
+        "subset), val/ (calibration) and test/<generator>/ (Tables I-II). Repeat it for separate trees."
+    ) = None,
+    ufd: DatasetPaths(
+        "UniversalFakeDetect's diffusion_datasets: guided, ldm_*, glide_*, dalle (1_fake) with laion/ "
+        "and imagenet/ (0_real) (Tables I-II)."
+    ) = None,
+    diffusionforensics: DatasetPaths(
+        "DiffusionForensics images: test/<source>/<generator>, reals in <source>/real (Table III)."
+    ) = None,
+    genimage: DatasetPaths("GenImage: <generator>/.../val/{ai,nature} (Table III: ADM, Glide, VQDM).") = None,
     train_count: Annotated[int, typer.Option(help="ProGAN training images per class (real, fake).")] = 40_000,
     val_count: Annotated[int, typer.Option(help="ProGAN validation images per class (calibration only).")] = 1_000,
     seed: Annotated[int, typer.Option(help="Seed of the training and validation subsets.")] = 0,
