@@ -55,7 +55,7 @@ smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, Vi
 
 soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
 	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 ITEM_SOAK_STATES=300 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q \
-		tests/pipeline/test_kill.py tests/pipeline/test_store_state_machine.py
+		tests/engine/test_kill.py tests/engine/test_store_state_machine.py
 
 lint: $(ENV_STAMP) ## ruff, and the layer contract (import-linter: engine never imports stages, no stage imports another)
 	$(PY) -m ruff check pipeline stages tests
