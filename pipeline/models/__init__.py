@@ -2,8 +2,9 @@
 
 Each backend loads lazily from a hub id, a local directory, or (names starting with `tiny/`) the
 small configuration of `tiny.py` with seeded random weights, built offline. Every backend follows
-one small Protocol: built from its stage config and a device, `load()` once, then the model call.
-torch and transformers are imported inside the model code paths only.
+one small Protocol: built from its stage config (the fields it reads are named in `settings.py`) and a
+device, `load()` once, then the model call. torch and transformers are imported inside the model code
+paths only.
 """
 
 from __future__ import annotations

@@ -2,62 +2,28 @@
 
 from __future__ import annotations
 
-import logging
-from functools import cached_property
 from typing import Any
 
-from pipeline.engine.config import TINY_PREFIX, CaptionConfig
-from pipeline.engine.hub import hub_cache_dir, resolve_revision
-from pipeline.models import CAPTIONERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
-from pipeline.models.tiny import build_tiny
-
-log = logging.getLogger(__name__)
+from pipeline.models import CAPTIONERS
+from pipeline.models.base import TransformersBackend
+from pipeline.models.settings import CaptionSettings
 
 
-class TransformersCaptioner:
+class TransformersCaptioner(TransformersBackend):
     """A transformers image-to-text model, greedy or beam generation, batched.
 
     Subclasses name the model class (their tiny build is `pipeline.models.tiny`'s under the same name)
     and how the prompt is written.
-
-    Args:
-        cfg: the caption stage config (`model` is a hub id, a local directory or `tiny/...`).
-        device: torch device string (`auto` picks the GPU when there is one).
     """
 
-    name: str
-    model_class: str
+    cfg: CaptionSettings
+    stage = "caption"
     reads = "image"
-
-    def __init__(self, cfg: CaptionConfig, device: str = "auto") -> None:
-        self.cfg = cfg
-        self.device = resolve_device(device)
-
-    @property
-    def revision(self) -> str | None:
-        """The commit the fingerprint records (engine/hub.py): what is loaded, whatever main is now."""
-        return resolve_revision(self.cfg.model, self.cfg.revision)
 
     def prompt(self) -> str | None:
         return self.cfg.prompt
 
-    @cached_property
-    def _loaded(self) -> tuple[Any, Any]:
-        import transformers
-        from transformers import AutoProcessor
-
-        dtype = torch_dtype(self.cfg.dtype)
-        if self.cfg.model.startswith(TINY_PREFIX):
-            model, processor = build_tiny(self.name, self.cfg.seed)
-        else:
-            log.info("loading %s %s (revision %s)", self.name, self.cfg.model, self.revision or "default")
-            hub = {"revision": self.revision, "cache_dir": hub_cache_dir()}  # the commit the fingerprint records
-            processor = AutoProcessor.from_pretrained(self.cfg.model, **hub)
-            model = getattr(transformers, self.model_class).from_pretrained(
-                self.cfg.model, **hub, dtype=dtype, use_safetensors=True
-            )
-        LOAD_COUNTS[self.name] += 1
-        model = model.to(device=self.device, dtype=dtype).eval()
+    def _configure(self, processor: Any) -> None:
         self._adapt(processor)
         tokenizer = getattr(processor, "tokenizer", None)
         if self.decoder_only and tokenizer is not None:
@@ -65,12 +31,6 @@ class TransformersCaptioner:
             # right would make it continue from padding. The same prompt for every image never pads
             # today; a per-image prompt would.
             tokenizer.padding_side = "left"
-        return model, processor
-
-    def load(self) -> None:
-        """Load the model now (the stage calls this before its first chunk)."""
-        with loading("caption", self.cfg.model, self.revision):
-            _ = self._loaded
 
     def _adapt(self, processor: Any) -> None:
         """Fix what this transformers version gets wrong about a loaded processor (nothing by default)."""
@@ -169,7 +129,7 @@ class ColumnCaptioner:
     name = "column"
     reads = "caption"
 
-    def __init__(self, cfg: CaptionConfig, device: str = "auto") -> None:
+    def __init__(self, cfg: CaptionSettings, device: str = "auto") -> None:
         self.cfg = cfg
 
     def load(self) -> None:

@@ -6,15 +6,16 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from pipeline.engine.config import TINY_PREFIX, EmbedConfig
+from pipeline.engine.config import TINY_PREFIX
 from pipeline.engine.errors import UsageError
 from pipeline.models import ENCODERS, LOAD_COUNTS, loading, resolve_device
+from pipeline.models.settings import EmbedSettings
 from pipeline.models.tiny import CLIP_CONFIG, build_tiny
 
 log = logging.getLogger(__name__)
 
 
-def embed_dim(cfg: EmbedConfig) -> int:
+def embed_dim(cfg: EmbedSettings) -> int:
     """Width of the joint embedding space, read from the model config without building it."""
     if cfg.model.startswith(TINY_PREFIX):
         return int(CLIP_CONFIG["embed_dim"])
@@ -63,7 +64,7 @@ class ClipEncoder:
     crops come in any size. Both end with open_clip's normalisation for the model.
     """
 
-    def __init__(self, cfg: EmbedConfig, device: str = "auto") -> None:
+    def __init__(self, cfg: EmbedSettings, device: str = "auto") -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
 

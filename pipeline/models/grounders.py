@@ -8,19 +8,14 @@ dropped; the `max_objects` highest-scoring objects are kept, in descending score
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from pipeline.engine.config import TINY_PREFIX, GroundConfig
-from pipeline.engine.hub import hub_cache_dir, resolve_revision
-from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device, torch_dtype
-from pipeline.models.tiny import build_tiny
-
-log = logging.getLogger(__name__)
+from pipeline.models import GROUNDERS
+from pipeline.models.base import TransformersBackend
+from pipeline.models.settings import GroundSettings
 
 Obj = dict[str, Any]  # {"phrase": str, "box": [x0, y0, x1, y1], "score": float}
 
@@ -86,48 +81,20 @@ def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> lis
 
 
 @GROUNDERS.register("transformers")
-class TransformersGroundingDino:
-    """Grounding DINO through transformers (`GroundingDinoForObjectDetection`), batched.
+class TransformersGroundingDino(TransformersBackend):
+    """Grounding DINO through transformers (`GroundingDinoForObjectDetection`), batched; built from
+    the ground stage config (`model`: hub id, local directory or `tiny/grounding-dino`) and a device."""
 
-    Args:
-        cfg: the ground stage config (`model`: hub id, local directory or `tiny/grounding-dino`).
-        device: torch device string.
-    """
+    cfg: GroundSettings
+    name = "grounding-dino"
+    model_class = "GroundingDinoForObjectDetection"
+    stage = "ground"
 
-    def __init__(self, cfg: GroundConfig, device: str = "auto") -> None:
-        self.cfg = cfg
-        self.device = resolve_device(device)
-
-    @property
-    def revision(self) -> str | None:
-        """The commit the fingerprint records (engine/hub.py): what is loaded, whatever main is now."""
-        return resolve_revision(self.cfg.model, self.cfg.revision)
-
-    @cached_property
-    def _loaded(self) -> tuple[Any, Any]:
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
-
-        dtype = torch_dtype(self.cfg.dtype)
-        if self.cfg.model.startswith(TINY_PREFIX):
-            model, processor = build_tiny("grounding-dino", self.cfg.seed)
-        else:
-            log.info("loading Grounding DINO %s (revision %s)", self.cfg.model, self.revision or "default")
-            hub = {"revision": self.revision, "cache_dir": hub_cache_dir()}  # the commit the fingerprint records
-            processor = AutoProcessor.from_pretrained(self.cfg.model, **hub)
-            model = GroundingDinoForObjectDetection.from_pretrained(
-                self.cfg.model, **hub, dtype=dtype, use_safetensors=True
-            )
-        LOAD_COUNTS["grounding-dino"] += 1
+    def _configure(self, processor: Any) -> None:
         processor.image_processor.size = {
             "shortest_edge": self.cfg.shortest_edge,
             "longest_edge": self.cfg.longest_edge,
         }
-        return model.to(device=self.device, dtype=dtype).eval(), processor
-
-    def load(self) -> None:
-        """Load the model now (the stage calls this before its first chunk)."""
-        with loading("ground", self.cfg.model, self.revision):
-            _ = self._loaded
 
     def preprocess(self, image) -> Prepared:
         """The image as the model takes it (padded to MAX_ASPECT, resized, normalised): CPU work the

@@ -17,9 +17,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.engine.config import GroundConfig
 from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device
 from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
+from pipeline.models.settings import GroundSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def default_config_file() -> str:
 class GroundingDinoPy:
     """The groundingdino-py backend; one image per forward (its `predict` is not batched)."""
 
-    def __init__(self, cfg: GroundConfig, device: str = "auto") -> None:
+    def __init__(self, cfg: GroundSettings, device: str = "auto") -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
 

@@ -120,48 +120,60 @@ CLIP_CONFIG = {
 }
 
 
+# The width and depth of the tiny transformers (vision towers, Q-Former, text models).
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def small_vit(config_class: type, **extra: Any) -> Any:
+    """A SMALL vision tower's config: 64-pixel images in 16-pixel patches."""
+    return config_class(**SMALL, image_size=64, patch_size=16, **extra)
+
+
+def text_ids(tokenizer: Any, **overrides: int) -> dict[str, int]:
+    """A text config's vocabulary size and special-token ids, as its tokenizer has them."""
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    return {"vocab_size": len(tokenizer), **ids, "pad_token_id": tokenizer.pad_token_id, **overrides}
+
+
+def bert_tokenizer() -> Any:
+    """A WordPiece tokenizer over `bert_vocab()` (bert-base-uncased's special ids), lower-casing."""
+    from transformers import BertTokenizer
+
+    # transformers 5 ignores `vocab_file=` here; `vocab=` (a dict) is honoured.
+    return BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
+
+
+def bert_config(tokenizer: Any) -> Any:
+    """A one-layer BERT text encoder over `tokenizer` (Grounding DINO's: [PAD] = 0, 256 positions)."""
+    from transformers import BertConfig
+
+    small = {**SMALL, "num_hidden_layers": 1}
+    return BertConfig(vocab_size=len(tokenizer), **small, max_position_embeddings=256, pad_token_id=0)
+
+
+def seeded(model_class: type, config: Any, seed: int) -> Any:
+    """`model_class(config)` in eval mode, its random init drawn from `torch.manual_seed(seed)`."""
+    import torch
+
+    torch.manual_seed(seed)
+    return model_class(config).eval()
+
+
 @TINY.register("blip2")
 def tiny_blip2(seed: int):
     """A small BLIP-2 (ViT + Q-Former + OPT) with seeded random weights and its processor, offline."""
-    import torch
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        Blip2QFormerConfig,
-        Blip2VisionConfig,
-        BlipImageProcessor,
-        OPTConfig,
-    )
+    import transformers
 
     tokenizer = byte_level_bpe()
     n_query = 4
-    vision = Blip2VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
-    )
-    qformer = Blip2QFormerConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        encoder_hidden_size=32,
-        vocab_size=len(tokenizer),
-    )
+    vision = small_vit(transformers.Blip2VisionConfig)
+    qformer = transformers.Blip2QFormerConfig(**SMALL, encoder_hidden_size=32, vocab_size=len(tokenizer))
     # A wide initialisation makes random captions depend on the image instead of one repeated token.
-    text = OPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        ffn_dim=64,
-        num_attention_heads=2,
-        max_position_embeddings=128,
-        word_embed_proj_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        init_std=1.0,
+    opt = {"hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 64, "num_attention_heads": 2}  # OPT's names
+    text = transformers.OPTConfig(
+        **text_ids(tokenizer), **opt, max_position_embeddings=128, word_embed_proj_dim=32, init_std=1.0
     )
-    config = Blip2Config(
+    config = transformers.Blip2Config(
         vision_config=vision.to_dict(),
         qformer_config=qformer.to_dict(),
         text_config=text.to_dict(),
@@ -169,104 +181,64 @@ def tiny_blip2(seed: int):
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         initializer_range=1.0,
     )
-    torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config).eval()
-    image_processor = BlipImageProcessor(
+    model = seeded(transformers.Blip2ForConditionalGeneration, config, seed)
+    image_processor = transformers.BlipImageProcessor(
         size={"height": 64, "width": 64},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
-    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=n_query)
+    processor = transformers.Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=n_query
+    )
     return model, processor
 
 
 @TINY.register("blip")
 def tiny_blip(seed: int):
     """A small BLIP (ViT + BERT decoder, random seeded weights) and its processor, offline."""
-    import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-        BlipTextConfig,
-        BlipVisionConfig,
-    )
+    import transformers
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *dict.fromkeys(WORDS)]
-    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    tokenizer = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    text = BlipTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+    sep = tokenizer.sep_token_id  # BLIP's text decoder ends a caption with [SEP]
+    text = transformers.BlipTextConfig(
+        **SMALL,
+        **text_ids(tokenizer, eos_token_id=sep),
+        sep_token_id=sep,
         encoder_hidden_size=32,
         max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    vision = BlipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    vision = small_vit(transformers.BlipVisionConfig)
+    config = transformers.BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+    model = seeded(transformers.BlipForConditionalGeneration, config, seed)
+    processor = transformers.BlipProcessor(
+        image_processor=transformers.BlipImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer
     )
-    torch.manual_seed(seed)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())).eval()
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
     return model, processor
 
 
 @TINY.register("llava")
 def tiny_llava(seed: int):
     """A small LLaVA (CLIP vision tower + Llama, random seeded weights) and its processor, offline."""
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    import transformers
 
     tokenizer = byte_level_bpe()
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=64,
-        patch_size=16,
-        projection_dim=32,
+    vision = small_vit(transformers.CLIPVisionConfig, projection_dim=32)
+    text = transformers.LlamaConfig(
+        **SMALL, **text_ids(tokenizer), num_key_value_heads=2, max_position_embeddings=256, initializer_range=1.0
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=1.0,
-    )
-    config = LlavaConfig(
+    config = transformers.LlavaConfig(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
-    processor = LlavaProcessor(
+    model = seeded(transformers.LlavaForConditionalGeneration, config, seed)
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    processor = transformers.LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=16,
@@ -280,20 +252,10 @@ def tiny_llava(seed: int):
 @TINY.register("grounding-dino")
 def tiny_grounding_dino(seed: int):
     """A small Grounding DINO (Swin + BERT, random seeded weights) and its processor, built offline."""
-    import torch
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
+    import transformers
 
-    # transformers 5 ignores `vocab_file=` here; `vocab=` (a dict) is honoured.
-    tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
-    backbone = SwinConfig(
+    tokenizer = bert_tokenizer()
+    backbone = transformers.SwinConfig(
         image_size=224,
         patch_size=4,
         embed_dim=16,
@@ -303,18 +265,9 @@ def tiny_grounding_dino(seed: int):
         mlp_ratio=2.0,
         out_indices=[2, 3, 4],
     )
-    text = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    config = GroundingDinoConfig(
+    config = transformers.GroundingDinoConfig(
         backbone_config=backbone,
-        text_config=text,
+        text_config=bert_config(tokenizer),
         d_model=32,
         encoder_layers=1,
         decoder_layers=2,
@@ -330,9 +283,10 @@ def tiny_grounding_dino(seed: int):
         dropout=0.0,
         fusion_droppath=0.0,
     )
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
-    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer)
+    model = seeded(transformers.GroundingDinoForObjectDetection, config, seed)
+    processor = transformers.GroundingDinoProcessor(
+        image_processor=transformers.GroundingDinoImageProcessor(), tokenizer=tokenizer
+    )
     return model, processor
 
 

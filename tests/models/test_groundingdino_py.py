@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import stages  # noqa: F401 (registers the stages, whose config classes `resolve` builds)
 from pipeline.engine.config import resolve
 from pipeline.models.groundingdino_py import GroundingDinoPy, apply_compat_shim, default_config_file
 
@@ -22,34 +23,25 @@ def checkpoint(tmp_path_factory):
     """A local BERT, a config file shrunk from the package's, and random weights as safetensors and .pth."""
     import torch
     from safetensors.torch import save_file
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from transformers import BertModel
 
-    from pipeline.models.tiny import bert_vocab
+    from pipeline.models.tiny import bert_config, bert_tokenizer, seeded
 
     tmp = tmp_path_factory.mktemp("gdpy")
-    tokenizer = BertTokenizer(vocab=bert_vocab(), do_lower_case=True)
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
-        )
-    )
+    tokenizer = bert_tokenizer()
+    bert = seeded(BertModel, bert_config(tokenizer), 0)  # the tiny Grounding DINO's text encoder
     bert.save_pretrained(tmp / "bert")
     tokenizer.save_pretrained(tmp / "bert")
     config_file = tmp / "small_swint.py"
     config_file.write_text(open(default_config_file()).read() + SMALL)
-    cfg = dataclasses.replace(
-        resolve("paper").stage("ground"),
-        backend="groundingdino-py",
-        model="(built)",
-        text_encoder=str(tmp / "bert"),
-        config_file=str(config_file),
-        shortest_edge=224,
-        longest_edge=320,
-        box_threshold=0.0,
-        text_threshold=0.0,
-        max_objects=5,
-    )
+    ground = {  # on the tiny profile's sizes (224/320) and thresholds (0: every box the model finds)
+        "backend": "groundingdino-py",
+        "model": "(built)",
+        "text_encoder": str(tmp / "bert"),
+        "config_file": str(config_file),
+        "max_objects": 5,
+    }
+    cfg = resolve("tiny", {"ground": ground}).stage("ground")
     apply_compat_shim()
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.engine.config import CaptionConfig, EmbedConfig, GroundConfig, resolve
+import stages  # noqa: F401 (registers the stages, whose config classes `resolve` builds)
+from pipeline.engine.config import resolve
 from pipeline.models import CAPTIONERS, GROUNDERS
 from pipeline.models.captioners import Blip2Captioner
 from pipeline.models.clip import ClipEncoder
@@ -42,7 +43,7 @@ def test_blip2_from_a_local_directory_matches_the_tiny_build(tmp_path, images):
 def test_other_captioners_from_a_local_directory_match_their_tiny_builds(tmp_path, images, backend):
     from pipeline.models.captioners import CAPTIONERS as registry
 
-    tiny_cfg = dataclasses.replace(resolve("tiny").stage("caption"), backend=backend, model=f"tiny/{backend}")
+    tiny_cfg = resolve("tiny", {"caption": {"backend": backend, "model": f"tiny/{backend}"}}).stage("caption")
     captioner = registry.get(backend)(tiny_cfg, "cpu")
     model, processor = build_tiny(backend, tiny_cfg.seed)
     model.save_pretrained(tmp_path / backend, safe_serialization=True)
@@ -72,7 +73,8 @@ def test_clip_weights_from_a_safetensors_file(tmp_path, images):
     tiny_cfg = resolve("tiny").stage("embed")
     encoder = ClipEncoder(tiny_cfg, "cpu")
     save_file(encoder._loaded[0].state_dict(), str(tmp_path / "clip.safetensors"))
-    named = EmbedConfig(model=tiny_clip(0), pretrained=str(tmp_path / "clip.safetensors"), dtype="float32")
+    params = {"embed": {"model": tiny_clip(0), "pretrained": str(tmp_path / "clip.safetensors"), "dtype": "float32"}}
+    named = resolve("paper", params).stage("embed")
     loaded = ClipEncoder(named, "cpu")
     import torch
 
@@ -107,4 +109,6 @@ def test_every_registered_backend_is_listed():
     assert GROUNDERS.names() == ["groundingdino-py", "transformers"]
     with pytest.raises(KeyError, match="unknown grounder 'glip'"):
         GROUNDERS.get("glip")
-    assert CaptionConfig().model == "Salesforce/blip2-opt-2.7b" and GroundConfig().backend == "transformers"
+    paper = resolve("paper")
+    assert paper.stage("caption").model == "Salesforce/blip2-opt-2.7b"
+    assert paper.stage("ground").backend == "transformers"
