@@ -124,7 +124,7 @@ METHODS.register("cosine-local")(Method("cosine-local", cosines, zero_shot=lambd
 METHODS.register("format")(Method("format", file_properties, learner="logreg"))
 
 
-@STAGES.register("baselines")
+@STAGES.register
 class BaselinesJob(Job):
     """Scores `split` with each named baseline method, training it on the train split's cached rows
     first where it learns (its head is saved under models/<method>-<fingerprint>/ and reused).

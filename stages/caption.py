@@ -3,24 +3,56 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.engine import schemas
+from pipeline.engine.config import ConfigError, as_dict, check_dtype
+from pipeline.engine.errors import RowError, error_fields
 from pipeline.engine.feature import FeatureStage
+from pipeline.engine.hub import resolve_revision
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import CAPTIONERS, Captioner, preprocessed, shared_backend
 
 
-@STAGES.register("caption")
+@dataclass(frozen=True)
+class CaptionConfig:
+    """Captioner. `model` is a hub id, a local directory, or `tiny/...` (random small model)."""
+
+    backend: str = "blip2"  # blip2 | column (use the manifest's caption column)
+    model: str = "Salesforce/blip2-opt-2.7b"
+    revision: str | None = None
+    dtype: str = "bfloat16"
+    prompt: str | None = None  # None: unconditional captioning, as in the paper
+    max_new_tokens: int = 30
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    seed: int = 0  # random init of tiny models
+
+    def identity(self) -> dict[str, Any]:
+        """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
+        return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype, "caption")
+        if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError("caption: need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+
+
+CAPTION = schemas.rows_schema(pa.field("caption", pa.string()))
+
+
+@STAGES.register
 class CaptionStage(FeatureStage):
     name = "caption"
     inputs = ("manifest",)
     driver_columns = ("path", "caption")
-    schema = schemas.CAPTION
+    config_class = CaptionConfig
+    schema = CAPTION
 
     @cached_property
     def captioner(self) -> Captioner:
@@ -41,20 +73,17 @@ class CaptionStage(FeatureStage):
         inputs = inputs if inputs is not None else self.prepare(batch)
         good = [k for k, item in enumerate(inputs) if not isinstance(item, ImageDecodeError)]
         captions = self.captioner.caption([inputs[k] for k in good]) if good else []
-        rows = [
-            {"image_id": i, "status": schemas.STATUS_ERROR, "error": str(item)}
-            for i, item in zip(ids, inputs, strict=True)
-        ]
+        rows = [{"image_id": i, **error_fields(item)} for i, item in zip(ids, inputs, strict=True)]
         for k, text in zip(good, captions, strict=True):
             rows[k] = (
                 {"image_id": ids[k], "caption": text}
                 if text is not None
-                else {"image_id": ids[k], "status": schemas.STATUS_ERROR, "error": self.no_caption}
+                else {"image_id": ids[k], **error_fields(self.no_caption)}
             )
         return rows
 
     @property
-    def no_caption(self) -> str:
+    def no_caption(self) -> RowError:
         if self.captioner.reads == "caption":
-            return "no caption: the list gives none for this image"
-        return f"no caption: {self.cfg.backend} gave none"
+            return RowError("no_output", "the list gives no caption for this image")
+        return RowError("no_output", f"{self.cfg.backend} gave no caption")

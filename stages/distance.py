@@ -4,6 +4,7 @@ stored as float32."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -16,10 +17,27 @@ from pipeline.engine.stage import STAGES
 from pipeline.method.misalignment import fixed_size, misalignment, vectors
 
 
-@STAGES.register("distance")
+@dataclass(frozen=True)
+class DistanceConfig:
+    """Eq. 3-7 have no knobs; the weights w1, w2 of Eq. 8 belong to the head (fit)."""
+
+
+def distance_schema(dim: int) -> pa.Schema:
+    """D_g and D_l (Eq. 3-7), the number of objects and the two cosines."""
+    return schemas.rows_schema(
+        pa.field("d_global", schemas.vector(dim)),
+        pa.field("d_local", schemas.vector(dim)),
+        pa.field("n_objects", pa.int32()),
+        pa.field("cos_global", pa.float32()),
+        pa.field("cos_local", pa.float32()),
+    )
+
+
+@STAGES.register
 class DistanceStage(FeatureStage):
     name = "distance"
     inputs = ("embed",)
+    config_class = DistanceConfig
     driver_columns = ("image_embed", "text_embed", "object_image_embeds", "object_text_embeds")
 
     @cached_property
@@ -28,7 +46,7 @@ class DistanceStage(FeatureStage):
 
     @cached_property
     def schema(self) -> pa.Schema:
-        return schemas.distance_schema(self.dim)
+        return distance_schema(self.dim)
 
     @property
     def batch_size(self) -> int:
@@ -62,6 +80,8 @@ class DistanceStage(FeatureStage):
                 "cos_local": cos_local,
                 "status": pa.array([schemas.STATUS_OK] * n),
                 "error": pa.nulls(n, pa.string()),
+                "error_kind": pa.nulls(n, pa.string()),
+                "error_stage": pa.nulls(n, pa.string()),
             },
             schema=self.schema,
         )

@@ -3,6 +3,7 @@ and its phrase. Raw, unnormalised embeddings are stored; normalisation belongs t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.engine import schemas
+from pipeline.engine.config import ConfigError, check_dtype
+from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
@@ -27,13 +30,42 @@ def crop_box(image, box: list[float]):
     return image.crop((x0, y0, x1, y1))
 
 
-@STAGES.register("embed")
+@dataclass(frozen=True)
+class EmbedConfig:
+    """CLIP encoder (open_clip). `pretrained`: an open_clip tag, a .safetensors file, or "none" (random)."""
+
+    model: str = "ViT-L-14-quickgelu"  # OpenAI weights use QuickGELU
+    pretrained: str = "openai"
+    # float32: bf16 moves ViT-L/14 embeddings and D by about 1.2% (README, "Precision"); CLIP is the
+    # cheap model of the three, so the stored raw embeddings keep full precision by default.
+    dtype: str = "float32"
+    image_crop: str = "center"  # center: crop the image's centre (paper); resize_center: open_clip's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype, "embed")
+        if self.image_crop not in ("center", "resize_center"):
+            raise ConfigError("embed.image_crop must be 'center' or 'resize_center'")
+
+
+def embed_schema(dim: int) -> pa.Schema:
+    """Raw CLIP embeddings of the image and caption, and one per object crop and phrase (same order)."""
+    return schemas.rows_schema(
+        pa.field("image_embed", schemas.vector(dim)),
+        pa.field("text_embed", schemas.vector(dim)),
+        pa.field("object_image_embeds", pa.list_(schemas.vector(dim))),
+        pa.field("object_text_embeds", pa.list_(schemas.vector(dim))),
+    )
+
+
+@STAGES.register
 class EmbedStage(FeatureStage):
     name = "embed"
     # 2: the whole-image crop is torchvision's CenterCrop (rounding like the reference) and object crops
     # use open_clip's own preprocessing unless extreme: pixels differ from version 1 on some images.
     version = 2
     inputs = ("ground", "caption", "manifest")
+    config_class = EmbedConfig
     driver_columns = ("objects",)
     lookup_columns = {"caption": ("caption",), "manifest": ("path",)}
 
@@ -43,7 +75,7 @@ class EmbedStage(FeatureStage):
 
     @cached_property
     def schema(self) -> pa.Schema:
-        return schemas.embed_schema(embed_dim(self.cfg))
+        return embed_schema(embed_dim(self.cfg))
 
     def setup(self) -> None:
         self.encoder.load()
@@ -69,7 +101,7 @@ class EmbedStage(FeatureStage):
         out: list[dict[str, Any]] = []
         for k, (row, item) in enumerate(zip(rows, prepared, strict=True)):
             if isinstance(item, ImageDecodeError):
-                out.append({"image_id": row["image_id"], "status": schemas.STATUS_ERROR, "error": str(item)})
+                out.append({"image_id": row["image_id"], **error_fields(item)})
                 continue
             out.append({"image_id": row["image_id"], "object_image_embeds": [], "object_text_embeds": []})
             whole, crops = item

@@ -4,6 +4,7 @@ write the tables (CSV + Markdown) and metrics.json to reports/, and each head's 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from pipeline.method.rows import labelled_rows, latest_model
 log = logging.getLogger(__name__)
 
 
-@STAGES.register("evaluate")
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Which split the evaluation reads (falls back to val when the split is empty)."""
+
+    split: str = "test"
+    threshold: float = 0.5
+    heads: tuple[str, ...] = ()  # methods for the comparison table: item, unifd, defake, cosine, cosine-local, format
+
+
+@STAGES.register
 class EvaluateStage(Job):
     """Scores the evaluation split with one or more heads (default: the latest fitted).
 
@@ -28,6 +38,7 @@ class EvaluateStage(Job):
 
     name = "evaluate"
     inputs = ("fit",)
+    config_class = EvaluateConfig
 
     def __init__(self, *args: Any, models: list[Path] | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)

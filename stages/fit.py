@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,22 +13,38 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.engine.config import as_dict
+from pipeline.engine.config import ConfigError, as_dict
 from pipeline.engine.errors import UsageError
 from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
-from pipeline.method.heads import CONFIG, HEADS, calibrate, feature_matrix, save_head
+from pipeline.method.heads import CONFIG, HEADS, HeadConfig, calibrate, feature_matrix, save_head
 from pipeline.method.rows import LATEST, labelled_rows, latest_model, rows_digest, to_numpy
 
 log = logging.getLogger(__name__)
 
 
-@STAGES.register("fit")
+@dataclass(frozen=True)
+class FitConfig(HeadConfig):
+    """The head (pipeline.method.heads.HeadConfig) and the rows it is trained and calibrated on."""
+
+    train_split: str = "train"
+    calibration_split: str = "val"
+    train_generators: tuple[str, ...] = ()  # train (and calibrate) on these generators only; empty: all
+    train_datasets: tuple[str, ...] = ()  # ... and/or these datasets only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_split == self.calibration_split:
+            raise ConfigError("fit.calibration_split must differ from fit.train_split")
+
+
+@STAGES.register
 class FitStage(Job):
     """Fits the configured head on the training split; a head with the same fingerprint is reused."""
 
     name = "fit"
     inputs = ("distance", "manifest")
+    config_class = FitConfig
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -2,25 +2,70 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.engine import schemas
+from pipeline.engine.config import ConfigError, as_dict, check_dtype
+from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
+from pipeline.engine.hub import resolve_revision
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import GROUNDERS, Grounder, preprocessed, shared_backend
 
 
-@STAGES.register("ground")
+@dataclass(frozen=True)
+class GroundConfig:
+    """Open-vocabulary detector prompted with the caption."""
+
+    backend: str = "transformers"  # transformers | groundingdino-py
+    model: str = "IDEA-Research/grounding-dino-base"
+    revision: str | None = None
+    dtype: str = "float32"
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    max_objects: int = 16  # keep the highest-scoring objects
+    shortest_edge: int = 800
+    longest_edge: int = 1333
+    text_encoder: str | None = None  # groundingdino-py only: BERT hub id or local directory
+    config_file: str | None = None  # groundingdino-py only: its model config (.py)
+    seed: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
+        return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype, "ground")
+        for name in ("box_threshold", "text_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"ground.{name} must be in [0, 1]")
+        if self.max_objects < 1:
+            raise ConfigError("ground.max_objects must be >= 1")
+
+
+OBJECT = pa.struct(
+    [
+        pa.field("phrase", pa.string()),
+        pa.field("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in pixels of the oriented image
+        pa.field("score", pa.float32()),
+    ]
+)
+GROUND = schemas.rows_schema(pa.field("objects", pa.list_(OBJECT)))
+
+
+@STAGES.register
 class GroundStage(FeatureStage):
     name = "ground"
     inputs = ("caption", "manifest")
     driver_columns = ("caption",)
     lookup_columns = {"manifest": ("path",)}
-    schema = schemas.GROUND
+    config_class = GroundConfig
+    schema = GROUND
 
     @cached_property
     def grounder(self) -> Grounder:
@@ -39,9 +84,7 @@ class GroundStage(FeatureStage):
         images = images if images is not None else self.prepare(batch)
         good = [k for k, im in enumerate(images) if not isinstance(im, ImageDecodeError)]
         found = self.grounder.ground([images[k] for k in good], [captions[k] for k in good]) if good else []
-        rows = [
-            {"image_id": i, "status": schemas.STATUS_ERROR, "error": str(im)} for i, im in zip(ids, images, strict=True)
-        ]
+        rows = [{"image_id": i, **error_fields(im)} for i, im in zip(ids, images, strict=True)]
         for k, objects in zip(good, found, strict=True):
             rows[k] = {"image_id": ids[k], "objects": objects}
         return rows

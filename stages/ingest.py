@@ -11,26 +11,48 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.engine import locations
+from pipeline.engine.config import ConfigError
 from pipeline.engine.job import Job
 from pipeline.engine.probe import Prober, failed
 from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
 from pipeline.engine.sources import LAYOUTS, Source, derived_split, discover
+from pipeline.engine.stage import MANIFEST as MANIFEST_TABLE
 from pipeline.engine.stage import STAGES, RunStats, part_summary
 
 log = logging.getLogger(__name__)
 
 
-@STAGES.register("ingest")
+@dataclass(frozen=True)
+class IngestConfig:
+    """How files become manifest rows."""
+
+    max_image_pixels: int = 89_478_485  # Pillow's default decompression-bomb limit
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test when no split is given
+    decode_timeout: float = 60.0  # seconds per file, decoded in a worker process; 0: in-process, no limit
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels <= 0:
+            raise ConfigError("ingest.max_image_pixels must be positive")
+        if len(self.split_fractions) != 3 or any(not 0.0 <= f <= 1.0 for f in self.split_fractions):
+            raise ConfigError(f"ingest.split_fractions must be three fractions in [0, 1], got {self.split_fractions}")
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ConfigError("ingest.split_fractions must be three fractions (train, val, test) summing to 1")
+
+
+@STAGES.register
 class IngestStage(Job):
     """Hash, probe and record files; a re-run skips files already seen with the same size and mtime."""
 
     name = "ingest"
+    config_class = IngestConfig
+    output = MANIFEST_TABLE
 
     def __init__(
         self,
@@ -109,7 +131,7 @@ class IngestStage(Job):
                         if row["status"] == STATUS_OK:
                             stats.ok += 1
                         else:
-                            stats.count_error(row["error"])
+                            stats.count_error(row["error_kind"], row["error_stage"])
                         continue
                     self._seen_again(source, row, known[image_id], elsewhere)
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
@@ -223,6 +245,8 @@ class IngestStage(Job):
             "perturbation": source.perturbation,
             **probe,
         }
+        if row["status"] != STATUS_OK:
+            row["error_stage"] = self.name
         if row["split"] is None and not self.unassigned:
             row["split"] = derived_split(row["image_id"], self.cfg.split_fractions)
         return row

@@ -23,7 +23,7 @@ from pipeline.method.perturbations import GRID, apply, label
 log = logging.getLogger(__name__)
 
 
-@STAGES.register("perturb")
+@STAGES.register
 class PerturbJob(Job):
     """Writes the derived images of every ok, labelled, original image of `split`.
 

@@ -18,7 +18,7 @@ from pipeline.method.perturbations import GRID, label
 from pipeline.method.rows import labelled_rows, latest_model, to_numpy
 
 
-@STAGES.register("robustness")
+@STAGES.register
 class RobustnessJob(Job):
     """After `run`, `result` is {"clean": metrics | None, "grid": {kind: [(level, metrics), ...]}},
     or None when no derived image has been scored yet."""

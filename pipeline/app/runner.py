@@ -14,11 +14,11 @@ import pyarrow.compute as pc
 
 import stages  # noqa: F401  (registers the built-in stages)
 from pipeline.engine.config import PipelineConfig
-from pipeline.engine.errors import UsageError
+from pipeline.engine.errors import UsageError, label
 from pipeline.engine.executors import Executor
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.progress import Progress
-from pipeline.engine.stage import STAGES, RunStats, Stage, error_reason_kind
+from pipeline.engine.stage import MANIFEST, STAGES, RunStats, Stage
 from pipeline.engine.store import Store, write_json
 from pipeline.method.metrics import LABELS, table
 
@@ -148,37 +148,35 @@ class StageStatus:
     other_fingerprints: list[str] = field(default_factory=list)
 
 
-def _counts(table, manifest_ids) -> tuple[int, int, int, dict[str, int]]:
+ERROR_KEYS = ["image_id", "status", "error_kind", "error_stage"]
+
+
+def _counts(table, manifest_ids, own: str) -> tuple[int, int, int, dict[str, int]]:
+    """ok, error and missing counts of a stage's rows, errors grouped by kind and stage of origin."""
     ids = table.column("image_id")
     in_manifest = table.filter(pc.is_in(ids, value_set=manifest_ids))
     unique = in_manifest.group_by("image_id").aggregate(
-        [("status", "max"), ("error", "min")]
+        [("status", "max"), ("error_kind", "min"), ("error_stage", "min")]
     )  # "ok" > "error": a retried id counts as ok
+    columns = (unique.column(c).to_pylist() for c in ("status_max", "error_kind_min", "error_stage_min"))
+    errors = Counter(label(kind, stage, own) for s, kind, stage in zip(*columns, strict=True) if s == "error")
     status = unique.column("status_max").to_pylist()
-    errors = Counter(
-        error_reason_kind(e)
-        for s, e in zip(status, unique.column("error_min").to_pylist(), strict=True)
-        if s == "error"
-    )
     ok = sum(1 for s in status if s == "ok")
     return ok, sum(errors.values()), len(manifest_ids) - len(status), dict(errors)
 
 
 def status(config: PipelineConfig, store: Store) -> list[StageStatus]:
-    """Per stage: ok rows, error rows by reason, and manifest images with no row yet."""
-    manifest = store.manifest.read(["image_id", "status", "error"])  # errors needed: read the rows
+    """Per stage: ok rows, error rows by kind, and manifest images with no row yet."""
+    manifest = store.manifest.read(ERROR_KEYS)  # errors needed: read the rows
     manifest_ids = manifest.column("image_id").combine_chunks()
-    ok, err, _, errors = _counts(manifest, manifest_ids)
-    report = [StageStatus("ingest", "manifest", ok, err, 0, errors)]
+    writer = STAGES.producer(MANIFEST)
+    ok, err, _, errors = _counts(manifest, manifest_ids, writer)
+    report = [StageStatus(writer, MANIFEST, ok, err, 0, errors)]
     for name in STAGES.feature_stages():
         fp = make_stage(name, config, store).fingerprint
         part_dir = store.features(name, fp)
-        table = (
-            part_dir.read(["image_id", "status", "error"])
-            if part_dir.exists()
-            else manifest.schema.empty_table().select(["image_id", "status", "error"])
-        )
-        ok, err, missing, errors = _counts(table, manifest_ids)
+        table = part_dir.read(ERROR_KEYS) if part_dir.exists() else manifest.schema.empty_table().select(ERROR_KEYS)
+        ok, err, missing, errors = _counts(table, manifest_ids, name)
         others = [f for f in store.fingerprints(name) if f != fp]
         report.append(StageStatus(name, fp, ok, err, missing, errors, others))
     return report

@@ -1,7 +1,12 @@
-"""Per-image feature stages: resume by keys, chunking, error rows, batching with isolation, atomic writes.
+"""Per-image feature stages: a short base wiring small engine pieces, each with one job.
+
+- which ids to compute: engine/resume.py (resume by keys, read failures whose cause is gone);
+- the rows a chunk is computed from, and batches prepared ahead: engine/inputs.py;
+- running a batch with isolation and out-of-memory bisection: engine/batches.py;
+- writing one part per chunk, atomically: PartDir.write (engine/store.py).
 
 A concrete stage declares its name, its inputs (the first one drives: its rows are the work), its
-config class and how to turn a batch of input rows into output rows. Everything else is here.
+config class, its output schema and how to turn a batch of input rows into output rows.
 """
 
 from __future__ import annotations
@@ -9,43 +14,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import traceback
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.engine import devices, locations
+from pipeline.engine import batches, devices, errors, inputs, resume
 from pipeline.engine.executors import Executor, InProcessExecutor
-from pipeline.engine.imageio import load_images
-from pipeline.engine.keyindex import KeyIndex, KeySet
+from pipeline.engine.imageio import DEFAULT_MAX_PIXELS, load_images
 from pipeline.engine.progress import Progress
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
-from pipeline.engine.stage import (
-    MANIFEST,
-    MANIFEST_STAGE,
-    ChunkResult,
-    RunStats,
-    Stage,
-    error_reason_kind,
-    is_stage_name,
-    part_summary,
-)
-from pipeline.engine.store import PartDir, Store, part_name
+from pipeline.engine.stage import MANIFEST, STAGES, ChunkResult, RunStats, Stage, part_summary
+from pipeline.engine.store import PartDir, Store
 
 log = logging.getLogger(__name__)
 
-
-MISSING_FILE = "cannot read file: FileNotFoundError"  # how imageio reports a file that is not there
-CHANGED_FILE = "file changed since ingest:"  # ... and a path that holds other bytes (it names the path)
-
-
-class SystemicError(RuntimeError):
-    """Every row of a batch failed the same way: a model or code problem, not bad input. Stops the run."""
+SystemicError = batches.SystemicError  # what stops a run (the CLI prints it as one line)
 
 
 class FeatureStage(Stage):
@@ -67,8 +52,9 @@ class FeatureStage(Stage):
     def process(self, batch: pa.Table) -> list[dict[str, Any]] | pa.Table:
         """Turn input rows (all with status ok upstream) into output rows, one per input row.
 
-        A row the stage cannot compute (an undecodable image) is returned with status "error" and a
-        reason. An exception escaping here fails the batch: the base retries halves to isolate it.
+        A row the stage cannot compute (an undecodable image) is returned with its error columns
+        (`errors.error_fields`: status "error", a kind, a message). An exception escaping here fails
+        the batch: the base retries halves to isolate it.
         """
 
     def setup(self) -> None:
@@ -89,11 +75,7 @@ class FeatureStage(Stage):
         return self.store.features(self.name, self.fingerprint, self.schema)
 
     def todo(self, ids: Iterable[str] | None = None, retry_errors: bool = False) -> list[str]:
-        """Driver ids without a row in the output, in driver order (optionally only `ids`).
-
-        With `retry_errors`, ids whose rows are all errors are computed again too (the new row
-        supersedes the old one for every reader).
-        """
+        """Driver ids without a row in the output, in driver order (see engine/resume.py)."""
         source = self.input_dir(self.inputs[0])
         if not source.exists():
             hint = "`item ingest PATH`" if self.inputs[0] == MANIFEST else f"`item {self.inputs[0]}`"
@@ -101,42 +83,7 @@ class FeatureStage(Stage):
                 f"{self.name} reads {self.inputs[0]} rows from {source.path}, and there are "
                 f"none for this configuration: run {hint} first"
             )
-        driver = source.index()
-        out = self.output.index()
-        if retry_errors:
-            done: KeySet = KeySet(out.codes[out.ok])
-        else:
-            again = self._readable_again(out)
-            done = KeySet(out.codes[~KeySet.of(again).contains(out.codes)]) if again else out
-        mask = ~done.contains(driver.codes)
-        if ids is not None:
-            mask &= KeySet.of(pa.array(list(ids), pa.string())).contains(driver.codes)
-        return list(dict.fromkeys(driver.ids(np.nonzero(mask)[0]).to_pylist()))
-
-    def _readable_again(self, out: KeyIndex) -> list[str]:
-        """Ids whose current row says their file was missing (and the manifest path exists now) or held
-        other bytes (and ingest has re-pointed the image since): computed again without --retry-errors.
-        Costs nothing when there are no error rows; a file still missing stays an error row."""
-        if out.ok.all():
-            return []
-        current = out.current()
-        errors = out.ids(current[~out.ok[current]]).to_pylist()
-        if not errors:
-            return []
-        reasons = self.output.read(["image_id", "error"], ids=errors)
-        errors_by_id = dict(zip(*(reasons.column(c).to_pylist() for c in ("image_id", "error")), strict=True))
-        read_failures = [i for i, e in errors_by_id.items() if e.startswith((MISSING_FILE, CHANGED_FILE))]
-        if not read_failures:
-            return []
-        paths = self.store.manifest.read(["image_id", "path"], ids=read_failures)
-        again = []
-        for image_id, path in zip(*(paths.column(c).to_pylist() for c in ("image_id", "path")), strict=True):
-            error = errors_by_id[image_id]
-            if error.startswith(MISSING_FILE) and locations.exists(path):
-                again.append(image_id)  # the file is back
-            elif error.startswith(CHANGED_FILE) and not error.startswith(f"{CHANGED_FILE} {path} "):
-                again.append(image_id)  # ingest found the image at another path since
-        return again
+        return resume.todo(source, self.output, self.store.manifest, ids, retry_errors)
 
     def run(
         self,
@@ -210,31 +157,8 @@ class FeatureStage(Stage):
 
     def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
         """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""
-        driver_cols = ["image_id", "status", "error", *self.driver_columns]
-        lookups = {
-            name: self.input_dir(name).read(["image_id", "status", "error", *cols], ids=todo)
-            for name, cols in self.lookup_columns.items()
-        }
-        for chunk in self.input_dir(self.inputs[0]).iter_rows(driver_cols, todo, self.chunk_size):
-            yield part_name(chunk.column("image_id").to_pylist()), self._join(chunk, lookups)
-
-    def _join(self, chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
-        """Prefix each input's status columns with its name and join the lookups by image_id (inner).
-
-        Done by index, not Arrow's hash join, which refuses list columns such as `objects`.
-        """
-        chunk = _prefix_status(chunk, self.inputs[0])
-        for name, table in lookups.items():
-            index = {k: i for i, k in enumerate(table.column("image_id").to_pylist())}
-            rows = [index.get(k) for k in chunk.column("image_id").to_pylist()]
-            present = [i for i, r in enumerate(rows) if r is not None]
-            chunk = chunk.take(pa.array(present, pa.int64()))
-            looked_up = _prefix_status(table.drop_columns(["image_id"]), name).take(
-                pa.array([rows[i] for i in present], pa.int64())
-            )
-            for field_, column in zip(looked_up.schema, looked_up.columns, strict=True):
-                chunk = chunk.append_column(field_, column)
-        return chunk
+        dirs = {name: self.input_dir(name) for name in (self.inputs[0], *self.lookup_columns)}
+        yield from inputs.chunks(dirs, self.inputs[0], self.driver_columns, self.lookup_columns, todo, self.chunk_size)
 
     def run_chunk(self, item: tuple[str, pa.Table], on_rows: Callable[[int], None] | None = None) -> ChunkResult:
         """Compute one chunk and write it as one part file named `item[0]` (what an executor's worker runs).
@@ -243,54 +167,35 @@ class FeatureStage(Stage):
         """
         name, chunk = item
         self.setup()
-        rows: list[dict[str, Any]] = []
-        ok_idx = []
-        for i, row in enumerate(chunk.select(["image_id", *self._status_columns(chunk)]).to_pylist()):
-            reason = self._upstream_error(row)
-            if reason is None:
-                ok_idx.append(i)
-            else:
-                rows.append({"image_id": row["image_id"], "status": STATUS_ERROR, "error": reason})
-        good = chunk.take(pa.array(ok_idx, pa.int64()))
-        out = [self._rows_table(rows)] if rows else []
-        if on_rows is not None and rows:
-            on_rows(len(rows))
-        batches = [good.slice(start, self.batch_size) for start in range(0, good.num_rows, self.batch_size)]
-        for batch, prepared in self._prepared(batches):
-            out.append(self._process_isolated(batch, prepared))
+        producers = {n: STAGES.producer(n) for n in self.inputs}
+        good, failed = inputs.split_upstream_errors(chunk, producers)
+        out = [self._rows_table(failed)] if failed else []
+        if on_rows is not None and failed:
+            on_rows(len(failed))
+        work = [good.slice(start, self.batch_size) for start in range(0, good.num_rows, self.batch_size)]
+        for batch, prepared in inputs.prefetched(work, self.prepare, self._prefetch()):
+            out.append(batches.run_isolated(self._process_table, batch, prepared, self._failed_row, self.name))
             if on_rows is not None:
                 on_rows(batch.num_rows)
         table = pa.concat_tables(out) if out else self.schema.empty_table()
         written = self.output.write(table, metadata=self.identity(), name=name)
-        status = table.column("status").to_pylist()
-        errors: dict[str, int] = {}
-        for s, e in zip(status, table.column("error").to_pylist(), strict=True):
-            if s == STATUS_ERROR:
-                kind = error_reason_kind(e)
-                errors[kind] = errors.get(kind, 0) + 1
-        n_err = sum(errors.values())
-        return ChunkResult(
-            ok=len(status) - n_err,
-            error=n_err,
-            written=written is not None,
-            errors=errors,
-            reported=on_rows is not None,
-        )
+        result = ChunkResult(written=written is not None, reported=on_rows is not None)
+        columns = (table.column(c).to_pylist() for c in ("status", "error_kind", "error_stage"))
+        for status, kind, stage in zip(*columns, strict=True):
+            if status == STATUS_ERROR:
+                group = errors.label(kind, stage, self.name)
+                result.errors[group] = result.errors.get(group, 0) + 1
+        result.error = sum(result.errors.values())
+        result.ok = table.num_rows - result.error
+        return result
 
-    def _prepared(self, batches: list[pa.Table]) -> Iterator[tuple[pa.Table, list[Any] | None]]:
-        """Each batch with its `prepare` result, the next one prepared in a thread while the model
-        works on this one when prefetching (see RuntimeConfig.prefetch), else in line."""
-        if not self._prefetch():
-            for batch in batches:
-                yield batch, self.prepare(batch)
-            return
-        with ThreadPoolExecutor(1) as loader:
-            pending = loader.submit(self.prepare, batches[0]) if batches else None
-            for k, batch in enumerate(batches):
-                prepared = pending.result()
-                if k + 1 < len(batches):
-                    pending = loader.submit(self.prepare, batches[k + 1])
-                yield batch, prepared
+    def _process_table(self, batch: pa.Table, prepared: list[Any] | None) -> pa.Table:
+        result = self.process(batch) if prepared is None else self.process(batch, prepared)
+        return result if isinstance(result, pa.Table) else self._rows_table(result)
+
+    def _failed_row(self, image_id: str, e: Exception) -> pa.Table:
+        error = errors.RowError("model_error", f"{type(e).__name__}: {e}")
+        return self._rows_table([{"image_id": image_id, **errors.error_fields(error)}])
 
     def _prefetch(self) -> bool:
         """`auto`: with an accelerator. On a CPU the model already keeps every core busy and a loader
@@ -302,11 +207,16 @@ class FeatureStage(Stage):
         return devices.resolve_device(self.runtime.device) != "cpu"
 
     def load_images(self, batch: pa.Table) -> list[Any]:
-        """The batch's images (RGB), each checked against its image_id, or the error in its place."""
+        """The batch's images (RGB), each checked against its image_id, or the error in its place.
+
+        The pixel limit is the one the manifest's writer checked files against (its config's
+        `max_image_pixels`), so a stage never decodes what ingest would have refused.
+        """
+        limits = self.pipeline.stages.get(STAGES.producer(MANIFEST))
         return load_images(
             batch.column("path").to_pylist(),
             batch.column("image_id").to_pylist(),
-            self.pipeline.stage("ingest").max_image_pixels,
+            getattr(limits, "max_image_pixels", DEFAULT_MAX_PIXELS),
             self.runtime.loader_threads,
         )
 
@@ -319,64 +229,14 @@ class FeatureStage(Stage):
         """Rows per part file."""
         return self.runtime.chunk_size
 
-    @staticmethod
-    def _status_columns(chunk: pa.Table) -> list[str]:
-        return [c for c in chunk.column_names if c.endswith(".status") or c.endswith(".error")]
-
-    @staticmethod
-    def _upstream_error(row: dict[str, Any]) -> str | None:
-        """The error an upstream row carries, prefixed once with the stage it arose in."""
-        for key, value in row.items():
-            if key.endswith(".status") and value != STATUS_OK:
-                stage = key[: -len(".status")]
-                origin = MANIFEST_STAGE if stage == MANIFEST else stage
-                reason = row.get(f"{stage}.error") or "unknown error"
-                return reason if is_stage_name(reason.split(":", 1)[0]) else f"{origin}: {reason}"
-        return None
-
-    def _process_isolated(self, batch: pa.Table, prepared: list[Any] | None = None) -> pa.Table:
-        """Run `process`; when the batch raises, split it to find the failing rows (they get error rows).
-
-        An out-of-memory batch is split the same way (after freeing the GPU cache), so a batch size
-        too large for one image mix degrades to smaller batches instead of failing.
-        """
-        try:
-            result = self.process(batch) if prepared is None else self.process(batch, prepared)
-        except Exception as e:
-            if batch.num_rows == 1:
-                _free_gpu_memory(e)
-                log.debug("%s failed on %s", self.name, batch.column("image_id")[0], exc_info=True)
-                return self._rows_table([self._exception_row(batch.column("image_id")[0].as_py(), e)])
-            # The traceback holds the failed call's frames and so its tensors: drop them before the
-            # halves run, or an out-of-memory batch's activations stay allocated beside its halves.
-            traceback.clear_frames(e.__traceback__)
-            failure = e
-        else:
-            table = result if isinstance(result, pa.Table) else self._rows_table(result)
-            if table.num_rows != batch.num_rows:
-                raise SystemicError(f"{self.name}.process returned {table.num_rows} rows for {batch.num_rows}")
-            return table
-        _free_gpu_memory(failure)
-        mid = batch.num_rows // 2
-        first, second = (None, None) if prepared is None else (prepared[:mid], prepared[mid:])
-        halves = [
-            self._process_isolated(batch.slice(0, mid), first),
-            self._process_isolated(batch.slice(mid), second),
-        ]
-        merged = pa.concat_tables(halves)
-        if batch.num_rows >= 4 and pc.all(pc.equal(merged.column("status"), STATUS_ERROR)).as_py():
-            raise SystemicError(
-                f"{self.name}: every row of a batch of {batch.num_rows} failed: {type(failure).__name__}: {failure}"
-            ) from failure
-        return merged
-
-    def _exception_row(self, image_id: str, e: Exception) -> dict[str, Any]:
-        return {"image_id": image_id, "status": STATUS_ERROR, "error": f"model error: {type(e).__name__}: {e}"}
-
     def _rows_table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """Rows as a table of the stage's schema; an error row names this stage unless it came from upstream."""
         for row in rows:
             row.setdefault("status", STATUS_OK)
             row.setdefault("error", None)
+            failed = row["status"] == STATUS_ERROR
+            row["error_kind"] = row.get("error_kind") or ("unknown" if failed else None)
+            row["error_stage"] = row.get("error_stage") or (self.name if failed else None)
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -411,15 +271,3 @@ class ChunkTask:
 
     def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
         return self.stage().run_chunk(item, self.on_rows)
-
-
-def _free_gpu_memory(error: Exception) -> None:
-    if type(error).__name__ == "OutOfMemoryError":
-        import torch
-
-        log.warning("out of memory on a batch: splitting it")
-        torch.cuda.empty_cache()
-
-
-def _prefix_status(table: pa.Table, name: str) -> pa.Table:
-    return table.rename_columns([f"{name}.{c}" if c in ("status", "error") else c for c in table.column_names])

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-# Pillow's own default; configurable per run through IngestConfig.max_image_pixels.
+from pipeline.engine.errors import RowError
+
+# Pillow's own default; configurable per run through ingest.max_image_pixels (stages/ingest.py).
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
-class ImageDecodeError(ValueError):
-    """A file that cannot become an RGB image; `str(err)` is the readable reason for the error row."""
+class ImageDecodeError(RowError, ValueError):
+    """A file that cannot become an RGB image: `kind` for the error row's `error_kind`, `str(err)` for
+    its message."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
         ImageDecodeError: with a readable reason (empty, not an image, bomb, truncated, ...).
     """
     if not data:
-        raise ImageDecodeError("empty file (0 bytes)")
+        raise ImageDecodeError("empty_file")
     # Pillow's limit is a module global; set it for this call (stage runs decode in one config).
     Image.MAX_IMAGE_PIXELS = max_pixels
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -69,19 +72,18 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Ima
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(_unidentified_reason(data)) from None
+        raise ImageDecodeError(*_unidentified_reason(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"decompression bomb: {e}") from None
+        raise ImageDecodeError("decompression_bomb", str(e)) from None
     except MemoryError:
-        raise ImageDecodeError("decompression bomb: out of memory while decoding") from None
+        raise ImageDecodeError("decompression_bomb", "out of memory while decoding") from None
     except OSError as e:
         if "cannot find loader" in str(e):
-            raise ImageDecodeError(
-                f"unsupported format {info.format}: {e} (Pillow has no decoder for it here)"
-            ) from None
-        raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
+            detail = f"{info.format}: {e} (Pillow has no decoder for it here)"
+            raise ImageDecodeError("unsupported_format", detail) from None
+        raise ImageDecodeError("corrupt_image", f"{type(e).__name__}: {e}") from None
     except Exception as e:  # any decoder failure is this file's problem, reported on its row
-        raise ImageDecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
+        raise ImageDecodeError("corrupt_image", f"{type(e).__name__}: {e}") from None
     return rgb, info
 
 
@@ -103,10 +105,11 @@ _NEEDS_PLUGIN = {
 }
 
 
-def _unidentified_reason(data: bytes) -> str:
+def _unidentified_reason(data: bytes) -> tuple[str, str]:
     if data[4:8] == b"ftyp" and data[8:12] in _NEEDS_PLUGIN:
-        return f"unsupported format {_NEEDS_PLUGIN[data[8:12]]}: needs the pillow-heif plugin (pip install pillow-heif)"
-    return "not an image: Pillow cannot identify the format from the bytes"
+        plugin = "needs the pillow-heif plugin (pip install pillow-heif)"
+        return "unsupported_format", f"{_NEEDS_PLUGIN[data[8:12]]}: {plugin}"
+    return "not_an_image", "Pillow cannot identify the format from the bytes"
 
 
 # libjpeg's standard luminance table (quality 50); a file's table is this one scaled by its quality.
@@ -191,9 +194,9 @@ def jpeg_quality(img: Image.Image) -> int | None:
 def _check_size(img: Image.Image, max_pixels: int) -> None:
     w, h = img.size
     if w <= 0 or h <= 0:
-        raise ImageDecodeError(f"invalid dimensions {w}x{h}")
+        raise ImageDecodeError("invalid_dimensions", f"{w}x{h}")
     if w * h > max_pixels:
-        raise ImageDecodeError(f"decompression bomb: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+        raise ImageDecodeError("decompression_bomb", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -240,11 +243,13 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, image_id: str | No
 def _checked_decode(path: str, data: bytes | OSError, image_id: str | None, max_pixels: int) -> Image.Image:
     if isinstance(data, OSError):
         hint = " (moved? ingest it from its new place)" if isinstance(data, FileNotFoundError) else ""
-        raise ImageDecodeError(f"cannot read file: {type(data).__name__}: {data.strerror or data}{hint}")
+        kind = "file_missing" if isinstance(data, FileNotFoundError) else "unreadable_file"
+        raise ImageDecodeError(kind, f"{type(data).__name__}: {data.strerror or data}{hint}")
     if image_id is not None and hashlib.sha256(data).hexdigest() != image_id:
         raise ImageDecodeError(
-            f"file changed since ingest: {path} no longer holds the bytes of this image; re-ingest it "
-            "(`item ingest` gives the new content its own image_id)"
+            "file_changed",
+            f"{path} no longer holds the bytes of this image; re-ingest it "
+            "(`item ingest` gives the new content its own image_id)",
         )
     return decode(data, max_pixels)[0]
 

@@ -18,9 +18,10 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from pipeline.engine import locations
+from pipeline.engine.errors import RowError, error_fields
 from pipeline.engine.imageio import ImageDecodeError, decode
 from pipeline.engine.keys import image_id_of_bytes
-from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
+from pipeline.engine.schemas import STATUS_OK
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def probe_file(path: str, max_pixels: int) -> dict[str, Any]:
             size, mtime = locations.stat(path) or (None, None)
     except OSError as e:
         # No bytes, no content key: the id is derived from the path so the failure still has a row.
-        return failed(path, f"cannot read file: {type(e).__name__}: {e.strerror or e}")
+        return failed(path, RowError("unreadable_file", f"{type(e).__name__}: {e.strerror or e}"))
     row: dict[str, Any] = {
         "image_id": image_id_of_bytes(data),
         "n_bytes": len(data),
@@ -49,23 +50,24 @@ def probe_file(path: str, max_pixels: int) -> dict[str, Any]:
         "mtime_ns": mtime,
         "status": STATUS_OK,
         "error": None,
+        "error_kind": None,
     }
     try:
         _, info = decode(data, max_pixels)
         row.update(width=info.width, height=info.height, format=info.format, jpeg_quality=info.jpeg_quality)
     except ImageDecodeError as e:
-        row.update(status=STATUS_ERROR, error=str(e))
+        row.update(error_fields(e))
     return row
 
 
-def failed(path: str, reason: str) -> dict[str, Any]:
+def failed(path: str, reason: RowError) -> dict[str, Any]:
+    """The row of a file that gave no bytes (or none worth decoding): its id comes from its path."""
     return {
         "image_id": image_id_of_bytes(f"unreadable:{path}".encode()),
         "n_bytes": None,
         "size": None,
         "mtime_ns": None,
-        "status": STATUS_ERROR,
-        "error": reason,
+        **error_fields(reason),
     }
 
 
@@ -128,14 +130,14 @@ class Prober:
                 break
         return results  # type: ignore[return-value]
 
-    def _wait(self, future: Future) -> str | None:
+    def _wait(self, future: Future) -> RowError | None:
         try:
             future.result(timeout=self.timeout)
             return None
         except FutureTimeout:
-            return f"decode timed out: no result after {self.timeout:g}s (ingest.decode_timeout)"
+            return RowError("decode_timeout", f"no result after {self.timeout:g}s (ingest.decode_timeout)")
         except BrokenProcessPool:
-            return "decoder crashed: the worker process died while reading this file"
+            return RowError("decoder_crashed", "the worker process died while reading this file")
 
     def _start(self) -> ProcessPoolExecutor | None:
         """The worker pool, checked with a trivial task first: when worker processes cannot start here

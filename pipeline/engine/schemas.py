@@ -1,7 +1,9 @@
-"""Explicit pyarrow schemas of the manifest and every stage's rows.
+"""The store's own pyarrow schemas (the manifest and the paths ingest has seen), and the pieces every
+stage's schema is built from. A stage's output schema lives with the stage (stages/<name>.py).
 
 Vectors are fixed-size float32 lists, which polars reads as `pl.Array(pl.Float32, dim)`.
-Every row carries `image_id`, `status` ("ok" | "error") and `error` (reason or null).
+Every row carries `image_id`, `status` ("ok" | "error"), and for an error its `error_kind` (machine-
+readable, see engine/errors.py), `error_stage` (the stage it arose in) and `error` (for people).
 """
 
 from __future__ import annotations
@@ -11,7 +13,18 @@ import pyarrow as pa
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
-ROW_STATUS = [pa.field("status", pa.string(), nullable=False), pa.field("error", pa.string())]
+ROW_STATUS = [
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("error_kind", pa.string()),
+    pa.field("error_stage", pa.string()),
+]
+ERROR_COLUMNS = ("error", "error_kind", "error_stage")
+
+
+def rows_schema(*fields: pa.Field) -> pa.Schema:
+    """A stage's output schema: `image_id`, its own columns, then the status columns."""
+    return pa.schema([pa.field("image_id", pa.string(), nullable=False), *fields, *ROW_STATUS])
 
 
 def vector(dim: int) -> pa.DataType:
@@ -51,44 +64,3 @@ SOURCES = pa.schema(
         pa.field("dataset", pa.string()),
     ]
 )
-
-CAPTION = pa.schema([pa.field("image_id", pa.string(), nullable=False), pa.field("caption", pa.string()), *ROW_STATUS])
-
-OBJECT = pa.struct(
-    [
-        pa.field("phrase", pa.string()),
-        pa.field("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in pixels of the oriented image
-        pa.field("score", pa.float32()),
-    ]
-)
-
-GROUND = pa.schema(
-    [pa.field("image_id", pa.string(), nullable=False), pa.field("objects", pa.list_(OBJECT)), *ROW_STATUS]
-)
-
-
-def embed_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("image_id", pa.string(), nullable=False),
-            pa.field("image_embed", vector(dim)),
-            pa.field("text_embed", vector(dim)),
-            pa.field("object_image_embeds", pa.list_(vector(dim))),
-            pa.field("object_text_embeds", pa.list_(vector(dim))),
-            *ROW_STATUS,
-        ]
-    )
-
-
-def distance_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("image_id", pa.string(), nullable=False),
-            pa.field("d_global", vector(dim)),
-            pa.field("d_local", vector(dim)),
-            pa.field("n_objects", pa.int32()),
-            pa.field("cos_global", pa.float32()),
-            pa.field("cos_local", pa.float32()),
-            *ROW_STATUS,
-        ]
-    )

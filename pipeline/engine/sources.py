@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.engine import locations
-from pipeline.engine.errors import UsageError
+from pipeline.engine.errors import RowError, UsageError
 from pipeline.engine.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Source:
     caption: str | None = None
     source_id: str | None = None
     perturbation: str | None = None
-    error: str | None = None  # why the file cannot be ingested, known before reading it
+    error: RowError | None = None  # why the file cannot be ingested, known before reading it
 
 
 FolderInfo = tuple[int | None, str | None, str | None]  # label, generator, split
@@ -276,7 +276,7 @@ def _named(source: Source) -> Source:
         return dataclasses.replace(
             source,
             path=_printable(source.path),
-            error="file name is not valid UTF-8: rename the file (e.g. with `convmv`) to ingest it",
+            error=RowError("bad_file_name", "rename the file (e.g. with `convmv`) to ingest it"),
         )
 
 

@@ -3,9 +3,11 @@
 Two small bases build on `Stage`: `FeatureStage` (engine/feature.py), per-image work resumed by
 keys, and `Job` (engine/job.py), work over a whole dataset (fit, evaluate, perturb, ...).
 
-The engine never imports a stage module. Stages register their classes into `STAGES` (the
-`stages` package does it on import); the engine resolves the names a stage declares as inputs
-through that registry, and the pipeline's order is the registry's dependency order.
+The engine never imports a stage module. A stage is one module: its class, its config class and
+its output schema; `@STAGES.register` files the class under its `name` (the `stages` package
+registers the built-in ones on import). The engine resolves the names a stage declares as inputs
+through that registry, builds each stage's config from its `config_class`, and the pipeline's order
+is the registry's dependency order. It names no stage itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
+from pipeline.engine import errors
 from pipeline.engine.config import PipelineConfig, as_dict
 from pipeline.engine.keys import short_hash
 from pipeline.engine.registry import Registry, UnknownNameError
@@ -25,12 +28,26 @@ from pipeline.engine.store import PartDir, Store
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest"  # the input name of ingest's output
-MANIFEST_STAGE = "ingest"
+MANIFEST = "manifest"  # the store's one-row-per-image table: the input name of the stage that writes it
 
 
 class StageRegistry(Registry[type]):
-    """Stage classes by name; knows the pipeline's order from the inputs each class declares."""
+    """Stage classes by their `name`; knows the pipeline's order from the inputs each class declares."""
+
+    def register(self, cls: type) -> type:  # type: ignore[override]  (the name comes from the class)
+        """Class decorator: file a stage class under its `name` (twice is an error)."""
+        return super().register(cls.name)(cls)
+
+    def config_classes(self) -> dict[str, type]:
+        """Each registered stage's config class, by stage name (the params.yaml sections)."""
+        return {n: self.get(n).config_class for n in self.names() if self.get(n).config_class is not None}
+
+    def producer(self, input_name: str) -> str:
+        """The stage that writes the input `input_name` (a stage's own name, or a store table such as
+        the manifest, declared by its writer's `output`)."""
+        if input_name in self:
+            return input_name
+        return next((n for n in self.names() if self.get(n).output == input_name), input_name)
 
     def get(self, name: str) -> type:
         try:
@@ -53,7 +70,7 @@ class StageRegistry(Registry[type]):
             if name in path:
                 raise ValueError(f"stages read each other in a cycle: {' -> '.join((*path, name))}")
             for upstream in steps[name].inputs:
-                visit(MANIFEST_STAGE if upstream == MANIFEST else upstream, (*path, name))
+                visit(self.producer(upstream), (*path, name))
             done.append(name)
 
         # Ties (stages that do not depend on each other) break by registration order: deterministic.
@@ -100,39 +117,23 @@ class RunStats:
         for reason, n in other.errors.items():
             self.errors[reason] = self.errors.get(reason, 0) + n
 
-    def count_error(self, error: str | None) -> None:
+    def count_error(self, kind: str | None, stage: str | None) -> None:
+        """One more error row, grouped by its kind and the stage it arose in (errors.label)."""
         self.error += 1
-        kind = error_reason_kind(error)
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        group = errors.label(kind, stage, self.stage)
+        self.errors[group] = self.errors.get(group, 0) + 1
 
     @property
     def computed(self) -> int:
         return self.ok + self.error
 
 
-def error_reason_kind(error: str | None) -> str:
-    """The group an error is counted in: its leading kind, with the stage it came from if upstream.
-
-    "corrupt or truncated image: OSError: ..." -> "corrupt or truncated image";
-    "ingest: not an image: Pillow ..." -> "ingest: not an image".
-    """
-    if not error:
-        return "unknown"
-    head, _, rest = error.partition(":")
-    if is_stage_name(head) and rest:
-        return f"{head}: {rest.strip().split(':', 1)[0].strip()}"
-    return head.strip()
-
-
-def is_stage_name(text: str) -> bool:
-    return text == MANIFEST_STAGE or text in STAGES
-
-
 class Stage(ABC):
     """A pipeline step with a fingerprinted output.
 
-    Subclasses set `name`, `inputs` (names of the stages whose output they read; "manifest" is
-    ingest's) and `version`, and derive from `FeatureStage` or `Job`.
+    Subclasses set `name`, `inputs` (names of the stages whose output they read, or "manifest"),
+    `config_class` (a frozen dataclass: the stage's params.yaml section, None for no settings) and
+    `version`, and derive from `FeatureStage` or `Job`.
 
     Args:
         config: the resolved pipeline configuration.
@@ -141,6 +142,8 @@ class Stage(ABC):
 
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]] = ()
+    config_class: ClassVar[type | None] = None
+    output: ClassVar[str | None] = None  # a store table this stage writes instead of features (MANIFEST)
     version: ClassVar[int] = 1  # bump when the computation changes: a new fingerprint
     step: ClassVar[bool] = True  # part of the pipeline's order (`item run`); False for side jobs
     per_image: ClassVar[bool] = False  # True for FeatureStage: one row per image, resumed by keys

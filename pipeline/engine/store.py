@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.engine import keyindex, schemas
+from pipeline.engine import errors, keyindex, schemas
 from pipeline.engine.keyindex import KeyIndex, KeySet
 
 log = logging.getLogger(__name__)
@@ -153,18 +153,31 @@ class PartDir:
             ) from e
 
     def _read_older_part(self, part: Path, columns: list[str] | None) -> pa.Table | None:
-        if self.schema is None or columns is None:
+        """A part written before some columns existed: the error columns are derived from its messages
+        (errors.legacy_kind), other nullable columns of the schema read as null."""
+        if columns is None:
             return None
         try:
             present = set(pq.read_schema(part).names)
         except (pa.ArrowInvalid, OSError):
             return None
         missing = [c for c in columns if c not in present]
-        if not missing or not all(c in self.schema.names and self.schema.field(c).nullable for c in missing):
+        derived = {"error_kind", "error_stage"} if "error" in present else set()
+        nullable = {f.name for f in self.schema if f.nullable} if self.schema is not None else set()
+        if not missing or not all(c in derived or c in nullable for c in missing):
             return None
-        table = pq.read_table(part, columns=[c for c in columns if c in present])
+        read = [c for c in columns if c in present]
+        if derived & set(missing) and "error" not in read:
+            read.append("error")
+        table = pq.read_table(part, columns=read)
+        if derived & set(missing):
+            pairs = [errors.legacy_kind(e) for e in table.column("error").to_pylist()]
+            table = table.append_column("error_kind", pa.array([k for k, _ in pairs], pa.string()))
+            table = table.append_column("error_stage", pa.array([st for _, st in pairs], pa.string()))
         for name in missing:
-            table = table.append_column(self.schema.field(name), pa.nulls(table.num_rows, self.schema.field(name).type))
+            if name not in table.column_names:
+                field = self.schema.field(name)
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
         return table.select(columns)
 
     def index(self) -> KeyIndex:

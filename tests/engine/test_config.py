@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.app.runner import make_stage
-from pipeline.engine.config import PROFILES, CaptionConfig, ConfigError, from_dict, load_params, resolve
+from pipeline.engine.config import PROFILES, ConfigError, from_dict, load_params, resolve
 from pipeline.engine.store import Store
+from stages.caption import CaptionConfig
 
 
 def test_unknown_key_is_an_error_naming_it():

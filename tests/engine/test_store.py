@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.engine import schemas
 from pipeline.engine.store import PartDir, Store, StoreError
+from stages.distance import distance_schema
 
 
 def distance_rows(ids, dim=8):
@@ -29,7 +29,7 @@ def distance_rows(ids, dim=8):
 
 
 def test_round_trip_keeps_schema_and_reads_as_polars_array(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     table = distance_rows(["a", "b", "c"])
     path = part_dir.write(table, metadata={"stage": "distance", "config": {"x": 1}})
     back = pq.read_table(path)
@@ -42,7 +42,7 @@ def test_round_trip_keeps_schema_and_reads_as_polars_array(tmp_path):
 
 
 def test_write_is_atomic_and_temporary_files_are_not_data(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     part_dir.write(distance_rows(["a"]))
     # A half-written file from a killed run has a hidden temporary name: never read as data.
     (tmp_path / "d" / ".part-dead.parquet.tmp").write_bytes(b"PAR1 truncated")
@@ -52,13 +52,13 @@ def test_write_is_atomic_and_temporary_files_are_not_data(tmp_path):
 
 
 def test_empty_table_writes_nothing(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     assert part_dir.write(distance_rows([])) is None
     assert part_dir.parts() == []
 
 
 def test_iter_rows_streams_wanted_keys_once_in_chunks(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     part_dir.write(distance_rows(["a", "b", "c"]))
     part_dir.write(distance_rows(["d", "e"]))
     part_dir.write(distance_rows(["x", "y"]))  # holds no wanted key: never opened
@@ -69,7 +69,7 @@ def test_iter_rows_streams_wanted_keys_once_in_chunks(tmp_path):
 
 
 def test_current_row_prefers_ok_then_newest(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     failed = distance_rows(["a", "b"]).set_column(6, "status", pa.array(["error", "error"]))
     part_dir.write(distance_rows(["c"]))
     part_dir.write(failed)
@@ -86,7 +86,7 @@ def test_current_row_prefers_ok_then_newest(tmp_path):
 
 
 def test_read_filters_by_ids_and_columns(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     part_dir.write(distance_rows(["a", "b"]))
     part_dir.write(distance_rows(["c"]))
     table = part_dir.read(["image_id", "n_objects"], ids=["c", "a", "zzz"])
@@ -95,7 +95,7 @@ def test_read_filters_by_ids_and_columns(tmp_path):
 
 
 def test_corrupt_part_is_a_clear_error_naming_the_file(tmp_path):
-    part_dir = PartDir(tmp_path / "d", schemas.distance_schema(8))
+    part_dir = PartDir(tmp_path / "d", distance_schema(8))
     part_dir.write(distance_rows(["a"]))
     bad = tmp_path / "d" / "part-0-bad.parquet"
     bad.write_bytes(b"not parquet at all")

@@ -18,6 +18,9 @@ from pipeline.engine.keys import image_id_of_bytes
 from pipeline.engine.store import Store
 from pipeline.models import load_counts
 from stages.baselines import leakage_warning
+from stages.caption import CAPTION
+from stages.embed import embed_schema
+from stages.ground import GROUND
 
 ROOT = Path(__file__).resolve().parents[2]
 N, DIM = 600, 768
@@ -28,7 +31,7 @@ def write_store(root: Path, image: np.ndarray, text: np.ndarray, labels: np.ndar
     store, config = Store(root), resolve("tiny")
     n = len(labels)
     ids = [image_id_of_bytes(f"{root}:{i}".encode()) for i in range(n)]
-    ok = {"status": ["ok"] * n, "error": pa.nulls(n, pa.string())}
+    ok = {"status": ["ok"] * n, **{c: pa.nulls(n, pa.string()) for c in schemas.ERROR_COLUMNS}}
     split = np.where(np.arange(n) % 10 < 7, "train", np.where(np.arange(n) % 10 < 8, "val", "test"))
     formats = formats or ["PNG"] * n
     store.manifest.write(
@@ -51,15 +54,15 @@ def write_store(root: Path, image: np.ndarray, text: np.ndarray, labels: np.ndar
         )
     )
     fp = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground", "embed")}
-    store.features("caption", fp["caption"], schemas.CAPTION).write(
+    store.features("caption", fp["caption"], CAPTION).write(
         pa.table({"image_id": ids, "caption": ["x"] * n, **ok})
     )
-    store.features("ground", fp["ground"], schemas.GROUND).write(
-        pa.table({"image_id": ids, "objects": [[] for _ in ids], **ok}, schema=schemas.GROUND)
+    store.features("ground", fp["ground"], GROUND).write(
+        pa.table({"image_id": ids, "objects": [[] for _ in ids], **ok}, schema=GROUND)
     )
     vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), DIM)  # noqa: E731
     empty = pa.array([[] for _ in ids], pa.list_(schemas.vector(DIM)))
-    store.features("embed", fp["embed"], schemas.embed_schema(DIM)).write(
+    store.features("embed", fp["embed"], embed_schema(DIM)).write(
         pa.table(
             {
                 "image_id": ids,
@@ -69,7 +72,7 @@ def write_store(root: Path, image: np.ndarray, text: np.ndarray, labels: np.ndar
                 "object_text_embeds": empty,
                 **ok,
             },
-            schema=schemas.embed_schema(DIM),
+            schema=embed_schema(DIM),
         )
     )
     run_stage("distance", config, store)

@@ -1,0 +1,66 @@
+"""Which images a feature stage computes: resume by keys.
+
+A stage's work is the driver's ids with no current row in its output. An error row counts as done
+(a retry flag redoes those), except when its kind says the file could not be read and the cause is
+gone: the file at the manifest's path is back, or holds the image's bytes again (ingest re-pointed the
+image, or the user restored the file). Decided by the rows' `error_kind` column, never their message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.engine import errors, locations
+from pipeline.engine.keyindex import KeySet
+from pipeline.engine.store import PartDir
+
+
+def todo(
+    driver: PartDir, out: PartDir, manifest: PartDir, ids: Iterable[str] | None = None, retry_errors: bool = False
+) -> list[str]:
+    """Driver ids without a row in `out`, in driver order (optionally only `ids`).
+
+    With `retry_errors`, ids whose rows are all errors are computed again too (the new row
+    supersedes the old one for every reader).
+    """
+    source = driver.index()
+    index = out.index()
+    if retry_errors:
+        done: KeySet = KeySet(index.codes[index.ok])
+    else:
+        again = readable_again(out, manifest)
+        done = KeySet(index.codes[~KeySet.of(again).contains(index.codes)]) if again else index
+    mask = ~done.contains(source.codes)
+    if ids is not None:
+        mask &= KeySet.of(pa.array(list(ids), pa.string())).contains(source.codes)
+    return list(dict.fromkeys(source.ids(np.nonzero(mask)[0]).to_pylist()))
+
+
+def readable_again(out: PartDir, manifest: PartDir) -> list[str]:
+    """Ids whose current row is a read failure whose cause is gone. Costs nothing when there are no
+    error rows; reads the file of each read-failure row (a file still missing stays an error row)."""
+    index = out.index()
+    if index.ok.all():
+        return []
+    current = index.current()
+    failed = index.ids(current[~index.ok[current]]).to_pylist()
+    if not failed:
+        return []
+    kinds = out.read(["image_id", "error_kind"], ids=failed)
+    unread = [i for i, k in zip(*(kinds.column(c).to_pylist() for c in kinds.column_names), strict=True)
+              if k in errors.READ_FAILURES]
+    if not unread:
+        return []
+    paths = manifest.read(["image_id", "path"], ids=unread)
+    ids, where = paths.column("image_id").to_pylist(), paths.column("path").to_pylist()
+    present = [(i, p) for i, p in zip(ids, where, strict=True) if locations.exists(p)]
+    datas = locations.read_many([p for _, p in present])
+    return [i for (i, _), data in zip(present, datas, strict=True) if _holds(data, i)]
+
+
+def _holds(data: bytes | OSError, image_id: str) -> bool:
+    return not isinstance(data, OSError) and hashlib.sha256(data).hexdigest() == image_id
