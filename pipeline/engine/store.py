@@ -84,6 +84,14 @@ def writing(path: Path) -> Iterator[None]:
         ) from e
 
 
+def _written_by(schema: pa.Schema) -> str | None:
+    """The stage named in a part's metadata (feature parts carry their stage's identity)."""
+    try:
+        return json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}")).get("stage")
+    except (ValueError, AttributeError):
+        return None
+
+
 class PartDir:
     """A directory of Parquet part files sharing one schema, keyed by a column (`image_id`).
 
@@ -158,9 +166,10 @@ class PartDir:
         if columns is None:
             return None
         try:
-            present = set(pq.read_schema(part).names)
+            schema = pq.read_schema(part)
         except (pa.ArrowInvalid, OSError):
             return None
+        present = set(schema.names)
         missing = [c for c in columns if c not in present]
         derived = {"error_kind", "error_stage"} if "error" in present else set()
         nullable = {f.name for f in self.schema if f.nullable} if self.schema is not None else set()
@@ -171,9 +180,13 @@ class PartDir:
             read.append("error")
         table = pq.read_table(part, columns=read)
         if derived & set(missing):
+            # An error with no stage in its message arose in the stage that wrote the part (its metadata
+            # names it; the manifest's parts carried none: None, which readers take as the manifest's writer).
+            own = _written_by(schema)
             pairs = [errors.legacy_kind(e) for e in table.column("error").to_pylist()]
             table = table.append_column("error_kind", pa.array([k for k, _ in pairs], pa.string()))
-            table = table.append_column("error_stage", pa.array([st for _, st in pairs], pa.string()))
+            stages = [st or (own if k is not None else None) for k, st in pairs]
+            table = table.append_column("error_stage", pa.array(stages, pa.string()))
         for name in missing:
             if name not in table.column_names:
                 field = self.schema.field(name)
