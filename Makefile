@@ -43,7 +43,7 @@ test: $(ENV_STAMP) ## run the test suite (offline)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pytest -q
 
 bench: $(ENV_STAMP) ## speed figures with their targets, appended to BENCHMARKS.md (under 10 minutes)
-	$(OFFLINE) $(ITEM) bench
+	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m benchmarks.bench
 
 reproduce: $(ENV_STAMP) ## the paper's Tables I-III: make reproduce CNNDETECTION=dir [UFD=... DIFFUSIONFORENSICS=... GENIMAGE=...]
 	$(ITEM) reproduce --cnndetection $(CNNDETECTION) $(if $(UFD),--ufd $(UFD)) \
@@ -51,7 +51,7 @@ reproduce: $(ENV_STAMP) ## the paper's Tables I-III: make reproduce CNNDETECTION
 		--train-count $(TRAIN_COUNT) $(OPTS)
 
 smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: under 4 min, 2.5 when the build is kept; 8.5 GiB RAM; 9.5 GB disk in data/smoke-paper)
-	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pipeline.app.smoke
+	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m benchmarks.smoke
 
 soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
 	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 ITEM_SOAK_STATES=300 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q \

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.app import bench
+from benchmarks import bench
 
 
 def test_no_op_models_give_one_row_per_image_and_a_cpu_cost_per_stage():

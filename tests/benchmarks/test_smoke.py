@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pipeline.app.smoke import MARKER, STAMP, bert_vocab, build_models, opt_tokenizer, run_smoke
+from benchmarks.smoke import MARKER, STAMP, bert_vocab, build_models, opt_tokenizer, run_smoke
 from pipeline.engine.errors import UsageError
 from pipeline.engine.store import Store
 from pipeline.models.tiny import BERT_FIXED_IDS

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from sklearn.metrics import average_precision_score
 
+from benchmarks.synthetic import synthetic_rows, write_synthetic
 from pipeline.app.runner import make_stage, run_stage
-from pipeline.app.synthetic import synthetic_rows, write_synthetic
 from pipeline.engine.config import resolve
 from pipeline.engine.store import Store
 from pipeline.method.heads import HEADS, FittedHead, best_threshold, fit_temperature, sigmoid

@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.app.bench import ROOT, append_markdown, figure, realistic_jpegs, run_child
+from benchmarks.bench import ROOT, append_markdown, details, figure, peak_mib, realistic_jpegs, run_child
 from pipeline.app.runner import make_stage, run_stage
 from pipeline.engine.config import PipelineConfig, resolve
 from pipeline.engine.devices import resolve_device
 from pipeline.engine.errors import UsageError
 from pipeline.engine.store import Store
+from pipeline.models.tiny import SMALL as TINY_DIMS
+from pipeline.models.tiny import seeded, text_ids
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,10 @@ FULL = {
 }
 SMALL = {
     "blip2": {
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-        "qformer": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-        "opt": {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        # The tiny profile's dimensions (OPT names its feed-forward width ffn_dim).
+        "vision": TINY_DIMS,
+        "qformer": TINY_DIMS,
+        "opt": {("ffn_dim" if k == "intermediate_size" else k): v for k, v in TINY_DIMS.items()},
         "vocab": 1000,
         "query_tokens": 4,
         "image_size": 224,
@@ -162,12 +165,9 @@ def build_blip2(out: Path, size: dict[str, Any]) -> None:
     )
     text = OPTConfig(
         **s["opt"],
-        vocab_size=s["vocab"],
+        **text_ids(tokenizer),  # the vocabulary is exactly s["vocab"] entries
         max_position_embeddings=2048,
         word_embed_proj_dim=s["opt"]["hidden_size"],
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         **({"init_std": s["init_std"]} if "init_std" in s else {}),
     )
     config = Blip2Config(
@@ -252,11 +252,10 @@ def _save(model_class: Any, config: Any, dtype: Any, out: Path) -> None:
 
     import torch
 
-    torch.manual_seed(0)  # the same weights every build: a rerun measures the same captions
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        model = model_class(config).eval()
+        model = seeded(model_class, config, 0)  # the same weights every build: a rerun measures the same captions
     finally:
         torch.set_default_dtype(previous)
     model.save_pretrained(out, safe_serialization=True)
@@ -293,8 +292,6 @@ def build_models(models_dir: Path, size: str = "full") -> dict[str, Any]:
     returns {"blip2": dir, "grounding_dino": dir, "clip": safetensors file, "seconds", "gib",
     "peak_mib"} as the stamp records it. `peak_mib` is this process's: run it in a fresh one
     (`smoke-build`) to measure the build alone."""
-    from pipeline.app.bench import _peak_mib
-
     built = _complete_build(models_dir, size)
     if built is not None:
         return built
@@ -312,7 +309,7 @@ def build_models(models_dir: Path, size: str = "full") -> dict[str, Any]:
         "clip": str(clip),
         "seconds": round(time.perf_counter() - start, 1),
         "gib": round(sum(f.stat().st_size for f in models_dir.rglob("*") if f.is_file()) / 2**30, 2),
-        "peak_mib": round(_peak_mib()),
+        "peak_mib": round(peak_mib()),
     }
     (models_dir / STAMP).write_text(json.dumps(built))
     return built
@@ -344,8 +341,6 @@ def smoke_config(built: dict[str, Any], device: str) -> PipelineConfig:
 def stage_child(stage: str, data_dir: str, stamp: str, device: str) -> None:
     """Run one stage in this fresh process; print its rows, seconds (in all, and loading the model),
     and peak RSS."""
-    from pipeline.app.bench import _peak_mib
-
     built = json.loads(Path(stamp).read_text())
     if built["size"] == "small":
         from pipeline.models.tiny import tiny_clip
@@ -364,7 +359,7 @@ def stage_child(stage: str, data_dir: str, stamp: str, device: str) -> None:
         "error": stats.error,
         "seconds": end - start,
         "load_s": loaded - start,
-        "peak_mib": _peak_mib(),
+        "peak_mib": peak_mib(),
         **stage_details(stage, config, store),
     }
     print(json.dumps(result))
@@ -397,7 +392,7 @@ def run_smoke(
     _check_claimable(data_dir)  # both refused here, before minutes of building
     if _complete_build(models_dir, size) is None:
         _check_claimable(models_dir)
-    built = run_child("smoke-build", models_dir, size, module="pipeline.app.smoke")
+    built = run_child("smoke-build", models_dir, size, module="benchmarks.smoke")
     log.info(
         "models in %s (%s GiB, %s in %s s)",
         models_dir,
@@ -412,7 +407,7 @@ def run_smoke(
     figures, start = [], time.perf_counter()
     for stage in STAGES_RUN:
         log.info("smoke-paper: %s", stage)
-        result = run_child("smoke-stage", data_dir, stage, str(models_dir / STAMP), device, module="pipeline.app.smoke")
+        result = run_child("smoke-stage", data_dir, stage, str(models_dir / STAMP), device, module="benchmarks.smoke")
         if result["ok"] != n_images:
             raise RuntimeError(f"{stage}: {result['ok']} ok rows of {n_images} ({result['error']} errors)")
         # Per image without the model load: the rate a long run settles at (the load, once per
@@ -467,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir, stage, stamp, device = argv[1:5]
         stage_child(stage, data_dir, stamp, device)
         return
-    parser = argparse.ArgumentParser(prog="python -m pipeline.app.smoke", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.smoke", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -499,10 +494,9 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as e:
         parser.exit(2, f"error: {e}\n")
     for f in figures:
-        details = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("figure", "value", "unit", "target", "ok"))
-        print(f"{f['figure']:<80} {f['value']:>8} {f['unit']:<8} {details}")
+        print(f"{f['figure']:<80} {f['value']:>8} {f['unit']:<8} {details(f)}")
     if not args.no_record:
-        append_markdown(figures, command="`make smoke-paper` (`python -m pipeline.app.smoke`)")
+        append_markdown(figures, command="`make smoke-paper` (`python -m benchmarks.smoke`)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""`item bench`: the pipeline's speed figures, each printed with its target and appended to BENCHMARKS.md.
+"""`make bench`: the pipeline's speed figures, each printed with its target and appended to BENCHMARKS.md.
 
 Every figure is a ratio measured within one run, or an absolute time, so shared, noisy machines
-still give comparable numbers. Groups (`item bench --only GROUP`):
+still give comparable numbers. Groups (`python -m benchmarks.bench --only GROUP`):
 - embed: the embed stage's images/s on realistic JPEGs (1.6 MP, four objects) / the bare CLIP
   model's on the same tensors and texts, in the same process (target >= 0.95);
 - fit: head fits on 80,000 x 768 cached rows (target: well under a minute);
@@ -17,6 +17,7 @@ still give comparable numbers. Groups (`item bench --only GROUP`):
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -32,17 +33,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.app.noop import BOXES, CAPTION, NOOP_BACKENDS, PHRASES
+from benchmarks.noop import CAPTION, NOOP_BACKENDS, noop_objects
+from benchmarks.synthetic import manifest_table, ok_table, vectors, write_synthetic
+from pipeline.app.demo import scene
 from pipeline.app.runner import make_stage, run_stage, stage_range
-from pipeline.engine import schemas
 from pipeline.engine.config import PipelineConfig, resolve
 from pipeline.engine.keys import image_id_of_bytes
-from pipeline.engine.stage import STAGES
+from pipeline.engine.log import setup_logging
+from pipeline.engine.schemas import MANIFEST
+from pipeline.engine.stage import STAGES, RunStats
 from pipeline.engine.store import Store
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository root
+ROOT = Path(__file__).resolve().parents[1]  # the checkout these harnesses belong to
 
 
 def figure(name: str, value: float, unit: str, target: str, ok: bool | None, **extra: Any) -> dict[str, Any]:
@@ -57,77 +61,75 @@ def figure(name: str, value: float, unit: str, target: str, ok: bool | None, **e
     }
 
 
+def speed_ratio(name: str, bare_s: float, stage_s: float, floor: float, **extra: Any) -> dict[str, Any]:
+    """The stage's speed over a bare loop's on the same work (bare seconds / stage seconds), whose
+    target is at least `floor`."""
+    ratio = bare_s / stage_s
+    return figure(name, round(ratio, 3), "x", f">= {floor}", ratio >= floor, **extra)
+
+
+def all_ok(stats: RunStats, n: int, what: str) -> None:
+    """Refuse a measurement whose run did not give `n` ok rows: it timed something else."""
+    if stats.ok != n:
+        raise RuntimeError(f"{what} gave {stats.ok} ok rows, not {n}")
+
+
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else "yes" if ok else "NO"
+
+
+def details(f: dict[str, Any]) -> str:
+    """A figure's extra fields, `key=value, ...`."""
+    return ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("figure", "value", "unit", "target", "ok"))
+
+
+def shown(f: dict[str, Any]) -> str:
+    """A figure's value with its unit, or `-` when it was not measured (NaN)."""
+    return "-" if f["value"] != f["value"] else f"{f['value']} {f['unit']}"
 
 
 # --- synthetic cached stores ---------------------------------------------------------------------
 
 
+def write_rows(store: Store, config: PipelineConfig, name: str, n: int, **columns: Any) -> None:
+    """`n` ok rows of stage `name` (the `columns` given, the rest null) written as one part of its output."""
+    stage = make_stage(name, config, store)
+    store.features(name, stage.fingerprint, stage.schema).write(ok_table(stage.schema, n, **columns))
+
+
 def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: int = 1, chunk: int = 5000) -> None:
     """Manifest, caption, ground and embed rows for `n` images written straight into the store."""
-
-    fps = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground", "embed")}
     dim = make_stage("embed", config, store).schema.field("image_embed").type.list_size
     rng = np.random.default_rng(0)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         ids = [image_id_of_bytes(f"bench:{i}".encode()) for i in range(start, start + m)]
-        ok = {"status": ["ok"] * m, "error": pa.nulls(m, pa.string())}
+        paths = [f"/bench/{i}.png" for i in range(start, start + m)]
         labels = rng.integers(0, 2, m)
+        splits = rng.choice(["train", "val", "test"], m, p=[0.7, 0.1, 0.2]).tolist()
         store.manifest.write(
-            pa.table(
-                {
-                    "image_id": ids,
-                    "path": [f"/bench/{i}.png" for i in range(start, start + m)],
-                    "label": pa.array(labels, pa.int8()),
-                    "generator": [("gan", "diffusion")[i % 2] for i in range(m)],
-                    "dataset": ["bench"] * m,
-                    "split": rng.choice(["train", "val", "test"], m, p=[0.7, 0.1, 0.2]).tolist(),
-                    "width": pa.array([256] * m, pa.int32()),
-                    "height": pa.array([256] * m, pa.int32()),
-                    "format": ["PNG"] * m,
-                    "jpeg_quality": pa.nulls(m, pa.int16()),
-                    "n_bytes": pa.array([1000] * m, pa.int64()),
-                    "caption": pa.nulls(m, pa.string()),
-                    **ok,
-                },
-            )
+            manifest_table(ids, paths, labels, [("gan", "diffusion")[i % 2] for i in range(m)], splits, "bench")
         )
-        store.features("caption", fps["caption"], schemas.CAPTION).write(
-            pa.table({"image_id": ids, "caption": ["a photo of a thing"] * m, **ok}, schema=schemas.CAPTION)
-        )
+        write_rows(store, config, "caption", m, image_id=ids, caption=["a photo of a thing"] * m)
         objects = [[{"phrase": "thing", "box": [0.0, 0.0, 10.0, 10.0], "score": 0.9}] * n_objects] * m
-        store.features("ground", fps["ground"], schemas.GROUND).write(
-            pa.table({"image_id": ids, "objects": objects, **ok}, schema=schemas.GROUND)
-        )
-
-        def vectors(k: int) -> pa.Array:
-            return pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=k * dim).astype(np.float32)), dim)
-
-        per_object = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, (m + 1) * n_objects, n_objects, dtype=np.int32)), vectors(m * n_objects)
-        )
-        per_object_text = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, (m + 1) * n_objects, n_objects, dtype=np.int32)), vectors(m * n_objects)
-        )
-        embed_schema = schemas.embed_schema(dim)
-        store.features("embed", fps["embed"], embed_schema).write(
-            pa.table(
-                {
-                    "image_id": ids,
-                    "image_embed": vectors(m),
-                    "text_embed": vectors(m),
-                    "object_image_embeds": per_object,
-                    "object_text_embeds": per_object_text,
-                    **ok,
-                },
-                schema=embed_schema,
-            )
+        write_rows(store, config, "ground", m, image_id=ids, objects=objects)
+        offsets = pa.array(np.arange(0, (m + 1) * n_objects, n_objects, dtype=np.int32))
+        per_object = pa.ListArray.from_arrays(offsets, vectors(rng.normal(size=m * n_objects * dim), dim))
+        per_object_text = pa.ListArray.from_arrays(offsets, vectors(rng.normal(size=m * n_objects * dim), dim))
+        write_rows(
+            store,
+            config,
+            "embed",
+            m,
+            image_id=ids,
+            image_embed=vectors(rng.normal(size=m * dim), dim),
+            text_embed=vectors(rng.normal(size=m * dim), dim),
+            object_image_embeds=per_object,
+            object_text_embeds=per_object_text,
         )
 
 
-def _peak_mib() -> float:
+def peak_mib() -> float:
     """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking
     parent across exec."""
     status = Path("/proc/self/status").read_text()
@@ -137,27 +139,23 @@ def _peak_mib() -> float:
 def distance_child(root: str) -> None:
     """Run the distance stage (tiny profile) in this fresh process and print its peak RSS."""
     stats = run_stage("distance", resolve("tiny", {}, {"chunk_size": 1024}), Store(root))
-    print(json.dumps({"rows": stats.computed, "peak_mib": _peak_mib(), "seconds": stats.seconds}))
+    print(json.dumps({"rows": stats.computed, "peak_mib": peak_mib(), "seconds": stats.seconds}))
 
 
 def noop_child(root: str) -> None:
     """A no-op caption run (todo by keys, compaction check) in this fresh process: seconds and peak RSS."""
     start = time.perf_counter()
     stats = run_stage("caption", resolve("tiny"), Store(root))
-    print(json.dumps({"todo": stats.todo, "seconds": time.perf_counter() - start, "peak_mib": _peak_mib()}))
+    print(json.dumps({"todo": stats.todo, "seconds": time.perf_counter() - start, "peak_mib": peak_mib()}))
 
 
 def write_manifest_and_captions(store: Store, config: PipelineConfig, n: int, part_rows: int = 4096) -> None:
     """`n` images' manifest and caption rows written straight into the store, `part_rows` per part."""
-    fp = make_stage("caption", config, store).fingerprint
     for start in range(0, n, part_rows):
         m = min(part_rows, n - start)
         ids = [image_id_of_bytes(f"million:{i}".encode()) for i in range(start, start + m)]
-        ok = {"status": ["ok"] * m, "error": pa.nulls(m, pa.string())}
-        store.manifest.write(
-            pa.table({"image_id": ids, "path": [f"/m/{i}.jpg" for i in range(start, start + m)], **ok})
-        )
-        store.features("caption", fp, schemas.CAPTION).write(pa.table({"image_id": ids, "caption": ["x"] * m, **ok}))
+        store.manifest.write(ok_table(MANIFEST, m, image_id=ids, path=[f"/m/{i}.jpg" for i in range(start, start + m)]))
+        write_rows(store, config, "caption", m, image_id=ids, caption=["x"] * m)
 
 
 def bench_million(n_large: int = 1_000_000, n_small: int = 100_000) -> list[dict[str, Any]]:
@@ -197,7 +195,7 @@ def bench_million(n_large: int = 1_000_000, n_small: int = 100_000) -> list[dict
     ]
 
 
-def run_child(kind: str, root: Path, *args: str, module: str = "pipeline.app.bench") -> dict[str, Any]:
+def run_child(kind: str, root: Path, *args: str, module: str = "benchmarks.bench") -> dict[str, Any]:
     """Run `python -m <module> <kind> <root> <args...>` in a fresh process; its last line, as JSON."""
     out = subprocess.run(
         [sys.executable, "-m", module, kind, str(root), *args],
@@ -218,8 +216,6 @@ def realistic_jpegs(folder: Path, n: int, size: tuple[int, int] = (1600, 1000)) 
     """`n` JPEGs of `size` (1.6 MP by default, quality 90): what a photo collection holds, not 256-px PNGs."""
     from PIL import Image
 
-    from pipeline.app.demo import scene
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     paths = []
@@ -235,21 +231,9 @@ def cached_captions_and_objects(store: Store, config: PipelineConfig) -> list[st
     would: the embed stage's inputs without running the captioner and the grounder."""
     manifest = store.manifest.read(["image_id", "width", "height"])
     ids = manifest.column("image_id").to_pylist()
-    ok = {"status": ["ok"] * len(ids), "error": pa.nulls(len(ids), pa.string())}
-    fps = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground")}
-    store.features("caption", fps["caption"], schemas.CAPTION).write(
-        pa.table({"image_id": ids, "caption": [CAPTION] * len(ids), **ok})
-    )
-    objects = [
-        [
-            {"phrase": p, "box": [b[0] * w, b[1] * h, b[2] * w, b[3] * h], "score": 0.5}
-            for p, b in zip(PHRASES, BOXES, strict=True)
-        ]
-        for w, h in zip(*(manifest.column(c).to_pylist() for c in ("width", "height")), strict=True)
-    ]
-    store.features("ground", fps["ground"], schemas.GROUND).write(
-        pa.table({"image_id": ids, "objects": objects, **ok}, schema=schemas.GROUND)
-    )
+    write_rows(store, config, "caption", len(ids), image_id=ids, caption=[CAPTION] * len(ids))
+    sizes = zip(*(manifest.column(c).to_pylist() for c in ("width", "height")), strict=True)
+    write_rows(store, config, "ground", len(ids), image_id=ids, objects=[noop_objects(w, h) for w, h in sizes])
     return ids
 
 
@@ -280,12 +264,9 @@ def bench_embed_efficiency(n_images: int = 40, model: str = "ViT-B-16", batch_si
             image = Image.open(path).convert("RGB")
             tensors.append(encoder.image_transform(image))
             texts.append(CAPTION)
-            for box, phrase in zip(BOXES, PHRASES, strict=True):
-                w, h = image.size
-                tensors.append(
-                    encoder.crop_transform(crop_box(image, [box[0] * w, box[1] * h, box[2] * w, box[3] * h]))
-                )
-                texts.append(phrase)
+            for obj in noop_objects(*image.size):
+                tensors.append(encoder.crop_transform(crop_box(image, obj["box"])))
+                texts.append(obj["phrase"])
 
         def bare() -> float:
             start = time.perf_counter()
@@ -305,15 +286,12 @@ def bench_embed_efficiency(n_images: int = 40, model: str = "ViT-B-16", batch_si
         # machine then slows neither side's figure.
         bare_s, (stage_s, stats) = bare(), staged()
         bare_s, (stage_s, stats) = min(bare_s, bare()), min((stage_s, stats), staged(), key=lambda r: r[0])
-    if stats.ok != n_images:
-        raise RuntimeError(f"the embed stage gave {stats.ok} ok rows, not {n_images}")
-    ratio = bare_s / stage_s
-    return figure(
+    all_ok(stats, n_images, "the embed stage")
+    return speed_ratio(
         f"embed stage / bare {model} images/s ({n_images} JPEGs of 1.6 MP, 4 objects each, CPU)",
-        round(ratio, 3),
-        "x",
-        ">= 0.95",
-        ratio >= 0.95,
+        bare_s,
+        stage_s,
+        0.95,
         stage_images_per_s=round(stats.ok / stage_s, 2),
         bare_images_per_s=round(n_images / bare_s, 2),
         seconds_per_image=stage_s / n_images,
@@ -343,8 +321,7 @@ def bench_stage_cpu(n_images: int = 48) -> list[dict[str, Any]]:
             stats = stage.run()
             wall = time.perf_counter() - start
             after = resource.getrusage(resource.RUSAGE_SELF)
-            if stats.ok != n_images:
-                raise RuntimeError(f"the no-op {name} stage gave {stats.ok} ok rows, not {n_images}")
+            all_ok(stats, n_images, f"the no-op {name} stage")
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             figures.append(
                 figure(
@@ -404,8 +381,8 @@ def bench_object_storage(n_images: int = 48) -> list[dict[str, Any]]:
                 start = time.perf_counter()
                 read = stage.run()
                 timings[where] = {"ingest": ingest_s, "caption": time.perf_counter() - start}
-                if stats.ok != n_images or read.ok != n_images:
-                    raise RuntimeError(f"{where}: {stats.ok} ingested, {read.ok} read back, of {n_images}")
+                all_ok(stats, n_images, f"{where}: ingest")
+                all_ok(read, n_images, f"{where}: the read-back")
     finally:
         server.stop()
         fsspec.config.conf.pop("s3", None)
@@ -440,8 +417,6 @@ def bench_ingest_tar(n_images: int = 500, pixels: tuple[int, int] = (1280, 960))
 
     from PIL import Image
 
-    from pipeline.app.demo import scene
-
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "00000.tar"
         rng = np.random.default_rng(0)
@@ -465,15 +440,12 @@ def bench_ingest_tar(n_images: int = 500, pixels: tuple[int, int] = (1280, 960))
         start = time.perf_counter()
         stats = run_stage("ingest", config, Store(Path(tmp) / "data"), inputs=[shard])
         stage = time.perf_counter() - start
-        if stats.ok != n_images:
-            raise RuntimeError(f"ingest of the shard gave {stats.ok} ok rows, not {n_images}")
-    ratio = bare / stage
-    return figure(
+        all_ok(stats, n_images, "ingest of the shard")
+    return speed_ratio(
         f"ingest from a tar shard vs bare read+hash+decode ({n_images} JPEGs, {pixels[0]}x{pixels[1]})",
-        round(ratio, 3),
-        "x",
-        ">= 0.9",
-        ratio >= 0.9,
+        bare,
+        stage,
+        0.9,
         stage_img_s=round(n_images / stage, 1),
         bare_img_s=round(n_images / bare, 1),
     )
@@ -483,8 +455,6 @@ def bench_fit(
     n: int = 80_000, heads: tuple[str, ...] = ("mlp", "lightgbm"), seconds_per_image: float | None = None
 ) -> list[dict[str, Any]]:
     """Fit each head on `n` cached 768-d rows; compare with recomputing features every epoch."""
-    from pipeline.app.synthetic import write_synthetic
-
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp))
@@ -628,7 +598,7 @@ def run_all(only: str | None = None, rows: int = 80_000) -> list[dict[str, Any]]
 def append_markdown(
     figures: list[dict[str, Any]],
     path: Path = ROOT / "BENCHMARKS.md",
-    command: str = "`make bench` (`python -m pipeline bench`)",
+    command: str = "`make bench` (`python -m benchmarks.bench`)",
 ) -> None:
     lines = [
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} UTC, commit {commit()}\n",
@@ -638,17 +608,36 @@ def append_markdown(
         "|---|---:|---|---|---|",
     ]
     for f in figures:
-        details = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("figure", "value", "unit", "target", "ok"))
-        value = "-" if f["value"] != f["value"] else f"{f['value']} {f['unit']}"
-        lines.append(f"| {f['figure']} | {value} | {f['target']} | {verdict(f['ok'])} | {details} |")
+        lines.append(f"| {f['figure']} | {shown(f)} | {f['target']} | {verdict(f['ok'])} | {details(f)} |")
     if not path.exists():
         path.write_text("# Benchmarks\n\nAppended by `make bench`; each run records its machine and commit.\n")
     with path.open("a") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
+GROUPS = ("embed", "fit", "cached", "cpu", "s3", "ingest", "million")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m benchmarks.bench [--only GROUP] [--rows N] [--no-record] [-v]` (`make bench`, `item bench`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    children = {"distance-child": distance_child, "noop-child": noop_child}  # what run_child starts
+    if argv[:1] and argv[0] in children:
+        children[argv[0]](argv[1])
+        return
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=GROUPS, help="one group of figures")
+    parser.add_argument("--rows", type=int, default=80_000, help="cached rows for the fit benchmark")
+    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    figures = run_all(args.only, args.rows)
+    for f in figures:
+        print(f"{f['figure']:<62} {shown(f):>12}  target {f['target']:<18} {verdict(f['ok'])}  {details(f)}")
+    if not args.no_record:
+        append_markdown(figures)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["distance-child"]:
-        distance_child(sys.argv[2])
-    elif sys.argv[1:2] == ["noop-child"]:
-        noop_child(sys.argv[2])
+    main()

@@ -1,4 +1,4 @@
-"""Model backends whose model is a no-op, for `item bench`'s per-image CPU cost of each model stage.
+"""Model backends whose model is a no-op, for `make bench`'s per-image CPU cost of each model stage.
 
 Each keeps the real preprocessing at the paper's sizes (BLIP-2's 224 px processor, Grounding DINO's
 800/1333 resize with its bucketing, open_clip's 224 px transforms and tokenizer) and skips only the
@@ -11,7 +11,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from pipeline.engine.config import EmbedConfig, GroundConfig
+import stages  # noqa: F401  (registers the built-in stages: their default configs are the paper's)
+from pipeline.engine.stage import STAGES
 from pipeline.models.clip import ClipEncoder, embed_dim
 from pipeline.models.grounders import TransformersGroundingDino, prompt_of
 
@@ -19,6 +20,14 @@ CAPTION = "a red ball, a tree, a small dog and a blue car"
 # Four objects per image as fractions of its width and height (what the embed stage then crops).
 BOXES = ((0.05, 0.10, 0.45, 0.55), (0.50, 0.05, 0.95, 0.40), (0.10, 0.55, 0.40, 0.95), (0.55, 0.50, 0.90, 0.90))
 PHRASES = ("a red ball", "a tree", "a small dog", "a blue car")
+
+
+def noop_objects(width: int, height: int) -> list[dict[str, Any]]:
+    """The four fixed objects (phrase, box in pixels, score) of an image of `width` x `height`."""
+    return [
+        {"phrase": p, "box": [b[0] * width, b[1] * height, b[2] * width, b[3] * height], "score": 0.5}
+        for p, b in zip(PHRASES, BOXES, strict=True)
+    ]
 
 
 class NoopCaptioner:
@@ -53,7 +62,7 @@ class NoopGrounder(TransformersGroundingDino):
 
     def __init__(self, stage: Any) -> None:
         del stage  # the paper's sizes whatever the stage's profile: the cost a real run pays
-        super().__init__(GroundConfig(), "cpu")
+        super().__init__(STAGES.get("ground").config_class(), "cpu")
 
     @cached_property
     def _loaded(self) -> tuple[Any, Any]:
@@ -73,13 +82,7 @@ class NoopGrounder(TransformersGroundingDino):
 
         self._loaded[1](text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
         torch.stack([item.pixel_values for item in items])
-        return [
-            [
-                {"phrase": p, "box": [b[0] * w, b[1] * h, b[2] * w, b[3] * h], "score": 0.5}
-                for p, b in zip(PHRASES, BOXES, strict=True)
-            ]
-            for h, w in (item.padded for item in items)
-        ]
+        return [noop_objects(w, h) for h, w in (item.padded for item in items)]
 
 
 class NoopEncoder(ClipEncoder):
@@ -87,7 +90,7 @@ class NoopEncoder(ClipEncoder):
     of the towers."""
 
     def __init__(self, stage: Any) -> None:
-        super().__init__(EmbedConfig(), "cpu")
+        super().__init__(STAGES.get("embed").config_class(), "cpu")
         self.dim = embed_dim(stage.cfg)
 
     @cached_property
