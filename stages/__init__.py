@@ -3,7 +3,7 @@ the engine's `STAGES` registry (pipeline.engine.stage); no stage module imports 
 
 Per-image feature stages (engine/feature.py's base, resumed by keys): caption, ground, embed,
 distance. Whole-dataset jobs (engine/job.py's base): ingest, fit, evaluate, and the side jobs
-baselines, perturb and robustness.
+baselines, perturb and robustness. `profiles` registers the built-in profiles (paper, tiny, ...).
 """
 
 from stages import (  # noqa: F401  (each module registers its class)
@@ -16,5 +16,6 @@ from stages import (  # noqa: F401  (each module registers its class)
     ground,
     ingest,
     perturb,
+    profiles,
     robustness,
 )

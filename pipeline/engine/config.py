@@ -125,42 +125,9 @@ def as_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+# Profiles: named sets of per-stage overrides of the config classes' defaults (the built-in ones are
+# registered by the stages package, stages/profiles.py, beside the stages they configure).
 PROFILES: Registry[dict[str, dict[str, Any]]] = Registry("profile")
-
-PROFILES.register("paper")({})  # the dataclass defaults are the paper's settings
-# The CLIP ablation of Fig. 8: the paper's pipeline with another open_clip model (OpenAI weights).
-PROFILES.register("clip-rn50")({"embed": {"model": "RN50-quickgelu", "pretrained": "openai"}})
-PROFILES.register("clip-b16")({"embed": {"model": "ViT-B-16-quickgelu", "pretrained": "openai"}})
-# The captioner ablation of Fig. 7: BLIP, and LLaVA asked the paper's one-sentence caption prompt.
-PROFILES.register("blip")({"caption": {"backend": "blip", "model": "Salesforce/blip-image-captioning-large"}})
-PROFILES.register("llava")({"caption": {"backend": "llava", "model": "llava-hf/llava-1.5-7b-hf"}})
-
-PROFILES.register("tiny")(
-    {
-        "caption": {"model": "tiny/blip2", "dtype": "float32", "max_new_tokens": 8, "min_new_tokens": 3},
-        "ground": {
-            "model": "tiny/grounding-dino",
-            "dtype": "float32",
-            "box_threshold": 0.0,
-            "text_threshold": 0.0,
-            "max_objects": 4,
-            "shortest_edge": 224,
-            "longest_edge": 320,
-        },
-        "embed": {"model": "tiny/clip", "pretrained": "none", "dtype": "float32"},
-        "fit": {"hidden_dim": 64, "batch_size": 16},  # small sets need more steps per epoch
-    }
-)
-# The paper's settings on the tiny models (thresholds 0.35/0.25, 800/1333 resize, bf16, 16 objects,
-# 30 new tokens): every branch a real run takes, offline, for the tests.
-PROFILES.register("tiny-paper")(
-    {
-        "caption": {"model": "tiny/blip2", "min_new_tokens": 3},
-        "ground": {"model": "tiny/grounding-dino"},
-        "embed": {"model": "tiny/clip", "pretrained": "none"},
-        "fit": {"hidden_dim": 64, "batch_size": 16},
-    }
-)
 
 
 @dataclass(frozen=True)
