@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -38,6 +39,10 @@ class GroundConfig:
     def identity(self) -> dict[str, Any]:
         """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
         return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
+
+    def pinned(self) -> GroundConfig:
+        """This config with the revision resolved (what a worker is sent)."""
+        return dataclasses.replace(self, revision=resolve_revision(self.model, self.revision))
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "ground")

@@ -142,6 +142,14 @@ class PipelineConfig:
         return self.stages[name]
 
 
+def pinned(config: PipelineConfig) -> PipelineConfig:
+    """The configuration with everything a stage config resolves at run time fixed to what it resolved
+    here (a hub revision to its commit: `pinned()` on the config), for shipping to workers that must
+    compute exactly this, whatever their own caches hold."""
+    stages = {n: cfg.pinned() if hasattr(cfg, "pinned") else cfg for n, cfg in config.stages.items()}
+    return dataclasses.replace(config, stages=stages)
+
+
 def resolve(
     profile: str | None = None, params: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None
 ) -> PipelineConfig:

@@ -12,15 +12,20 @@ config class, its output schema and how to turn a batch of input rows into outpu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import socket
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.engine import batches, devices, errors, inputs, resume
+from pipeline.engine import batches, devices, errors, inputs, keyindex, resume
+from pipeline.engine.config import pinned
 from pipeline.engine.executors import Executor, InProcessExecutor
 from pipeline.engine.imageio import DEFAULT_MAX_PIXELS, load_images
 from pipeline.engine.progress import Progress
@@ -31,6 +36,15 @@ from pipeline.engine.store import PartDir, Store
 log = logging.getLogger(__name__)
 
 SystemicError = batches.SystemicError  # what stops a run (the CLI prints it as one line)
+PASSES = 3  # passes over the work before images still without a row fail the run
+
+
+class IncompleteRunError(RuntimeError):
+    """Images still have no row after every pass: the run failed, whatever the workers said."""
+
+
+class WorkerMismatchError(RuntimeError):
+    """A worker would compute another configuration than the driver's: it refuses the task."""
 
 
 class FeatureStage(Stage):
@@ -85,6 +99,12 @@ class FeatureStage(Stage):
             )
         return resume.todo(source, self.output, self.store.manifest, ids, retry_errors)
 
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """Those of `ids` with no row at all in the output (an error row is a row)."""
+        wanted = list(ids)
+        has_row = self.output.index().contains(keyindex.encode(wanted)[0])
+        return [i for i, has in zip(wanted, has_row, strict=True) if not has]
+
     def run(
         self,
         ids: Iterable[str] | None = None,
@@ -127,7 +147,7 @@ class FeatureStage(Stage):
         if progress is not None:
             progress.start(len(todo))
         executor = executor or InProcessExecutor()
-        for attempt in range(3):
+        for attempt in range(PASSES):
             # In this process the chunk reports each batch as it finishes; a remote chunk, when it is done.
             task = ChunkTask(self, on_rows=progress.advance if progress is not None else None)
             for result in executor.map(task, self.chunks(set(todo))):
@@ -135,15 +155,15 @@ class FeatureStage(Stage):
                 if progress is not None and not result.reported:
                     progress.advance(result.ok + result.error)
             # A distributed run can lose a chunk (a worker died after its retries ran out): check by keys.
-            todo = self.todo(ids, retry_errors=False) if not retry_errors else []
+            todo = self.missing(todo)
             if not todo:
                 break
-            log.warning(
-                "%s [%s]: %d image(s) still missing after pass %d; running them again",
-                self.name,
-                fp,
-                len(todo),
-                attempt + 1,
+            log.warning("%s [%s]: %d image(s) still missing after pass %d", self.name, fp, len(todo), attempt + 1)
+        self._compact()
+        if todo:  # never a success with rows missing: downstream stages would skip these images
+            raise IncompleteRunError(
+                f"{self.name} [{fp}]: {len(todo)} image(s) still have no row after {PASSES} passes "
+                "(workers lost their chunks, or wrote them elsewhere); run the command again"
             )
         self._compact()
         stats.seconds = time.perf_counter() - start
@@ -246,27 +266,38 @@ _STAGE_CACHE: dict[tuple[str, str, str], FeatureStage] = {}
 
 
 class ChunkTask:
-    """The picklable work function an executor ships: the stage's class, configuration and data root,
-    never a model. The class pickles by reference, so a worker imports its module (and the `stages`
-    package registers every stage) on its own. `on_rows` (progress) stays in this process."""
+    """The picklable work function an executor ships: the stage's class, the driver's configuration
+    pinned (hub revisions resolved to the commits the driver resolved), the fingerprint the rows must
+    carry and the absolute data root; never a model. The class pickles by reference, so a worker
+    imports its module (and the `stages` package registers every stage) on its own. A worker whose
+    stage would compute another fingerprint (another cache, another code version) refuses the task:
+    its rows would land where the driver never looks. `on_rows` (progress) stays in this process."""
 
     def __init__(self, stage: FeatureStage, on_rows: Callable[[int], None] | None = None) -> None:
         self.cls = type(stage)
-        self.config = stage.pipeline
-        self.root = str(stage.store.root)
+        self.config = pinned(stage.pipeline)
+        self.root = str(Path(stage.store.root).resolve())
+        self.fingerprint = stage.fingerprint
         self.key = (stage.name, stage.fingerprint, self.root)
         self.on_rows = on_rows
         _STAGE_CACHE.setdefault(self.key, stage)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cls": self.cls, "config": self.config, "root": self.root, "key": self.key, "on_rows": None}
+        return {**self.__dict__, "on_rows": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def stage(self) -> FeatureStage:
         if self.key not in _STAGE_CACHE:
-            _STAGE_CACHE[self.key] = self.cls(self.config, Store(self.root))
+            stage = self.cls(self.config, Store(self.root))
+            if stage.fingerprint != self.fingerprint:
+                raise WorkerMismatchError(
+                    f"{stage.name}: this worker ({socket.gethostname()}, pid {os.getpid()}) computes "
+                    f"configuration {stage.fingerprint}, the driver asked for {self.fingerprint}: its code "
+                    f"or its configuration differs ({json.dumps(stage.identity(), sort_keys=True)[:300]})"
+                )
+            _STAGE_CACHE[self.key] = stage
         return _STAGE_CACHE[self.key]
 
     def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
