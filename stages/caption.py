@@ -57,6 +57,7 @@ class CaptionStage(FeatureStage):
     inputs = ("manifest",)
     driver_columns = ("path", "caption")
     config_class = CaptionConfig
+    default_batch_size = 64  # images per call: BLIP-2's decoding is launch-bound, larger batches amortise it
     schema = CAPTION
 
     @cached_property

@@ -66,6 +66,7 @@ class EmbedStage(FeatureStage):
     version = 2
     inputs = ("ground", "caption", "manifest")
     config_class = EmbedConfig
+    default_batch_size = 512  # crops (and texts) per CLIP call; peers use 256-1024
     driver_columns = ("objects",)
     lookup_columns = {"caption": ("caption",), "manifest": ("path",)}
 
@@ -123,8 +124,14 @@ class EmbedStage(FeatureStage):
                     out[k]["object_text_embeds"].append(te)
         return out
 
+    @property
+    def batch_rows(self) -> int:
+        """Rows per `process` call: an image brings its crops (up to ground.max_objects, 16 in the paper
+        profile, a few on most images), so a quarter of the crops per model call."""
+        return max(1, self.batch_size // 4)
+
     def _batched(self, encode, n: int) -> np.ndarray:
-        """Encode `n` items in model batches of runtime.batch_size; rows of float32."""
-        size = self.runtime.batch_size
+        """Encode `n` items (images and crops, or texts) in model calls of `batch_size`; rows of float32."""
+        size = self.batch_size
         parts = [encode(slice(i, i + size)).numpy() for i in range(0, n, size)]
         return np.concatenate(parts).astype(np.float32)

@@ -68,7 +68,7 @@ class GroundStage(FeatureStage):
     name = "ground"
     inputs = ("caption", "manifest")
     driver_columns = ("caption",)
-    lookup_columns = {"manifest": ("path",)}
+    lookup_columns = {"manifest": ("path", "width", "height")}
     config_class = GroundConfig
     schema = GROUND
 
@@ -78,6 +78,16 @@ class GroundStage(FeatureStage):
 
     def setup(self) -> None:
         self.grounder.load()
+
+    def batch_order(self, rows: pa.Table) -> pa.Table:
+        """The chunk sorted by the shape the processor resizes each image to: the grounder runs images of
+        one shape together, so sorted batches are full model calls instead of a few images each."""
+        shape_of = getattr(self.grounder, "resized_shape", None)
+        if shape_of is None or rows.num_rows < 2:
+            return rows
+        sizes = zip(rows.column("width").to_pylist(), rows.column("height").to_pylist(), strict=True)
+        keys = [shape_of(w, h) if w and h else (0, 0) for w, h in sizes]
+        return rows.take(pa.array(sorted(range(len(keys)), key=keys.__getitem__), pa.int64()))
 
     def prepare(self, batch: pa.Table) -> list[Any] | None:
         """Decoded images, preprocessed for the model when the grounder can do that ahead of its call."""

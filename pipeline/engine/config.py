@@ -37,19 +37,29 @@ class RuntimeConfig:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     chunk_size: int = 256  # rows per part file
-    batch_size: int = 16  # images per model call
+    # Per model call: images (caption, ground) or crops (embed). None: each stage's own default, chosen
+    # for an 80 GB GPU (Stage.default_batch_size); `batch_sizes` sets single stages ({embed: 1024}).
+    batch_size: int | None = None
+    batch_sizes: dict[str, int] = field(default_factory=dict)
     loader_threads: int = 2  # threads decoding images
     # Prepare the next batch (decode, preprocess) in a thread while the model runs: auto = on an
     # accelerator only (on a CPU the thread takes cores from the model); on | off to choose.
     prefetch: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1 or self.batch_size < 1 or self.loader_threads < 1:
+        if self.chunk_size < 1 or (self.batch_size is not None and self.batch_size < 1) or self.loader_threads < 1:
             raise ConfigError("runtime.chunk_size, batch_size and loader_threads must be >= 1")
+        bad = {k: v for k, v in self.batch_sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ConfigError(f"runtime.batch_sizes must map stage names to integers >= 1, got {bad}")
         if self.prefetch not in ("auto", "on", "off"):
             raise ConfigError(f"runtime.prefetch must be auto, on or off, got {self.prefetch!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+
+    def batch_size_of(self, stage: str, default: int) -> int:
+        """A stage's batch size: its own setting, else the one for every stage, else its default."""
+        return self.batch_sizes.get(stage) or self.batch_size or default
 
 
 C = TypeVar("C")
@@ -109,6 +119,8 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         inner = [_type_problem(v, a) for v, a in zip(value, items, strict=True)]
         wrong = next((p for p in inner if p), None)
         return None if wrong is None else f"a list of {PLURAL.get(wrong, wrong)}"
+    if origin is dict:
+        return None if isinstance(value, dict) else "a mapping (key: value)"
     if hint is bool:
         return None if isinstance(value, bool) else "true or false"
     if hint is int:
@@ -180,7 +192,12 @@ def resolve(
         merged = {**overrides.get(stage, {}), **(params.get(stage) or {})}
         stages[stage] = from_dict(cls, merged, f"{stage} (profile {name})")
     rt = {**(params.get("runtime") or {}), **{k: v for k, v in (runtime or {}).items() if v is not None}}
-    return PipelineConfig(profile=name, stages=stages, runtime=from_dict(RuntimeConfig, rt, "runtime"))
+    runtime_cfg = from_dict(RuntimeConfig, rt, "runtime")
+    unknown = sorted(set(runtime_cfg.batch_sizes) - set(STAGES.names()))
+    if unknown:
+        known = ", ".join(STAGES.names())
+        raise ConfigError(f"runtime.batch_sizes: unknown stage(s) {', '.join(unknown)}; stages: {known}")
+    return PipelineConfig(profile=name, stages=stages, runtime=runtime_cfg)
 
 
 def load_params(path: str | Path | None, required: bool = False) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import socket
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +56,7 @@ class FeatureStage(Stage):
     """
 
     per_image = True
+    default_batch_size: ClassVar[int] = 16  # per model call, on an 80 GB GPU (runtime.batch_sizes overrides)
     driver_columns: ClassVar[tuple[str, ...]] = ()
     lookup_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 
@@ -192,9 +194,13 @@ class FeatureStage(Stage):
         out = [self._rows_table(failed)] if failed else []
         if on_rows is not None and failed:
             on_rows(len(failed))
-        work = [good.slice(start, self.batch_size) for start in range(0, good.num_rows, self.batch_size)]
+        good = self.batch_order(good)
+        step = self.sizer.current
+        work = [good.slice(start, step) for start in range(0, good.num_rows, step)]
         for batch, prepared in inputs.prefetched(work, self.prepare, self._prefetch()):
-            out.append(batches.run_isolated(self._process_table, batch, prepared, self._failed_row, self.name))
+            out.append(
+                batches.run_isolated(self._process_table, batch, prepared, self._failed_row, self.name, self.sizer)
+            )
             if on_rows is not None:
                 on_rows(batch.num_rows)
         table = pa.concat_tables(out) if out else self.schema.empty_table()
@@ -240,9 +246,27 @@ class FeatureStage(Stage):
             self.runtime.loader_threads,
         )
 
+    def batch_order(self, rows: pa.Table) -> pa.Table:
+        """The chunk's rows in the order they are batched (rows are keyed: results do not depend on it).
+        A stage whose model wants like inputs together (one resized shape) sorts them here."""
+        return rows
+
     @property
     def batch_size(self) -> int:
-        return self.runtime.batch_size
+        """Per model call (runtime.batch_sizes / batch_size, else the stage's default_batch_size)."""
+        return self.runtime.batch_size_of(self.name, self.default_batch_size)
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows handed to `process` at once: the batch size (a stage whose batch counts something else,
+        embed's crops, says how many rows that makes)."""
+        return self.batch_size
+
+    @cached_property
+    def sizer(self) -> batches.BatchSize:
+        """Rows per `process` call as this stage runs: lowered for the rest of the run when a batch runs
+        out of memory (kept across chunks: the stage instance lives as long as its worker)."""
+        return batches.BatchSize(self.batch_rows)
 
     @property
     def chunk_size(self) -> int:

@@ -89,13 +89,15 @@ def test_an_out_of_memory_batch_is_split_until_it_fits(tmp_path, image_root, cap
         store, config = store_and_config(tmp_path, name, backend, batch_size)
         run_stage("ingest", config, store, inputs=[image_root / "toygan"])
         CALLS.clear()
-        with caplog.at_level(logging.WARNING, logger="pipeline.engine.feature"):
+        with caplog.at_level(logging.WARNING, logger="pipeline.engine.batches"):
             stats = run_stage("caption", config, store)
         assert (stats.ok, stats.error) == (12, 0), name
         results[name] = pl.from_arrow(store.features("caption", stats.fingerprint).read(["image_id", "caption"]))
-    # 12 images in batches of 8 and 4: each split in halves until 2 fit; every image captioned once
+    # 12 images in batches of 8 and 4: the first splits in halves until 2 fit; every image captioned once
     assert CALLS[0] == 8 and sum(n for n in CALLS if n <= MemoryLimitedBlip2.limit) == 12
-    assert "out of memory on a batch: splitting it" in caplog.text
+    assert "out of memory at a batch of 8: continuing at 4" in caplog.text
+    # ... and the run continues at the size that fit: the second batch (4 images) never runs out first
+    assert CALLS[:2] == [8, 4] and CALLS[2:] == [2] * 6, CALLS
     assert results["alone"].sort("image_id").equals(results["limited"].sort("image_id"))
 
 

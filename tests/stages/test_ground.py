@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+from PIL import Image
 
-from pipeline.app.runner import make_stage
+from pipeline.app.runner import make_stage, run_stage
+from pipeline.engine.config import resolve
+from pipeline.engine.store import Store
+from pipeline.models import GROUNDERS
+from pipeline.models.grounders import TransformersGroundingDino
 from tests.conftest import tiny
+from tests.stages.test_batch_invariance import assert_same_rows
 
 
 def test_ground_rows_hold_phrases_boxes_in_pixels_and_scores(full_run):
@@ -21,3 +28,44 @@ def test_ground_rows_hold_phrases_boxes_in_pixels_and_scores(full_run):
     assert (objects["phrase"].str.len_chars() > 0).all()
     assert objects["score"].is_between(0, 1).all()
     assert ground["objects"].list.len().max() <= tiny().stage("ground").max_objects
+
+
+COUNTING = "grounding-dino-counting"
+FORWARDS: list[int] = []
+
+
+class CountingGrounder(TransformersGroundingDino):
+    """The real tiny Grounding DINO, counting the images of each model call."""
+
+    def _forward(self, items, captions):
+        FORWARDS.append(len(items))
+        return super()._forward(items, captions)
+
+
+def test_chunks_are_batched_by_resized_shape_so_model_calls_are_full(tmp_path):
+    """12 images of 3 sizes, interleaved: sorted by the processor's resized shape, batches of 4 are
+    3 full model calls; batched in ingest order they would be 12 calls of 1. Rows do not change."""
+    root = tmp_path / "sizes"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(12):
+        w, h = [(64, 48), (48, 64), (90, 30)][k % 3]
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"{k:02d}.png")
+    GROUNDERS.register(COUNTING)(CountingGrounder)
+    try:
+        by_size = {}
+        for batch_size in (4, 1):
+            store = Store(tmp_path / f"b{batch_size}")
+            config = resolve(
+                "tiny", {"ground": {"backend": COUNTING}}, {"device": "cpu", "batch_size": batch_size, "chunk_size": 12}
+            )
+            run_stage("ingest", config, store, inputs=[root])
+            run_stage("caption", config, store)
+            FORWARDS.clear()
+            run_stage("ground", config, store)
+            by_size[batch_size] = (list(FORWARDS), pl.from_arrow(make_stage("ground", config, store).output.read()))
+    finally:
+        GROUNDERS.unregister(COUNTING)
+    assert by_size[4][0] == [4, 4, 4]
+    assert by_size[1][0] == [1] * 12
+    assert_same_rows(by_size[1][1].sort("image_id"), by_size[4][1].sort("image_id"), "ground")
