@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,46 @@ from pipeline.method.metrics import LABELS, table
 log = logging.getLogger(__name__)
 
 
-def pipeline_order() -> list[str]:
-    """Every pipeline step, in order (ingest ... evaluate): the one definition of the stage order."""
-    return STAGES.order()
-
-
 def make_stage(name: str, config: PipelineConfig, store: Store, **options: Any) -> Stage:
     """An instance of the named stage (`options` go to jobs that take them, e.g. ingest's inputs)."""
     return STAGES.get(name)(config, store, **options)
+
+
+StageDone = Callable[[Stage, RunStats], None]
+
+
+def run_steps(
+    names: Iterable[str],
+    config: PipelineConfig,
+    store: Store,
+    progress: Callable[[str], Progress | None] | None = None,
+    executor: Executor | None = None,
+    retry_errors: bool = False,
+    options: dict[str, dict[str, Any]] | None = None,
+    ids: set[str] | None = None,
+    on_stage: StageDone | None = None,
+) -> list[tuple[Stage, RunStats]]:
+    """Build and run the stages `names` in the order given; each stage with its stats.
+
+    Args:
+        progress: stage name -> its Progress (a progress bar), or None.
+        executor, retry_errors, ids: steer the per-image feature stages (`ids`: only these images);
+            a whole-dataset job takes none of them.
+        options: per stage name, its constructor options (ingest's inputs, evaluate's models).
+        on_stage: called with each stage and its stats as it finishes (the CLI prints them).
+    """
+    done = []
+    for name in names:
+        stage = make_stage(name, config, store, **(options or {}).get(name, {}))
+        bar = progress(name) if progress else None
+        if isinstance(stage, FeatureStage):
+            stats = stage.run(ids=ids, executor=executor, progress=bar, retry_errors=retry_errors)
+        else:
+            stats = stage.run(progress=bar)
+        done.append((stage, stats))
+        if on_stage is not None:
+            on_stage(stage, stats)
+    return done
 
 
 def run_stage(
@@ -45,47 +77,25 @@ def run_stage(
     ids: set[str] | None = None,
     **stage_options: Any,
 ) -> RunStats:
-    """Run one stage (see `run`); `stage_options` go to its constructor (e.g. ingest's inputs)."""
-    return run(make_stage(name, config, store, **stage_options), progress, executor, retry_errors, ids)
+    """Run one stage by name (see `run_steps`); `stage_options` go to its constructor (ingest's inputs)."""
+    bar = (lambda _: progress) if progress else None
+    return run_steps([name], config, store, bar, executor, retry_errors, {name: stage_options}, ids)[0][1]
 
 
-def run(
-    stage: Stage,
-    progress: Progress | None = None,
-    executor: Executor | None = None,
-    retry_errors: bool = False,
-    ids: set[str] | None = None,
-) -> RunStats:
-    """Run a built stage. `executor`, `retry_errors` and `ids` steer per-image feature stages (in a
-    sequence such as `item run` they apply to each feature stage); a whole-dataset job takes none."""
-    if isinstance(stage, FeatureStage):
-        return stage.run(ids=ids, executor=executor, progress=progress, retry_errors=retry_errors)
-    return stage.run(progress=progress)
-
-
-def run_steps(
-    names: list[str],
+def fit_and_evaluate(
     config: PipelineConfig,
     store: Store,
     progress: Callable[[str], Progress | None] | None = None,
-    executor: Executor | None = None,
-    retry_errors: bool = False,
-    options: dict[str, dict[str, Any]] | None = None,
-) -> Iterator[tuple[Stage, RunStats]]:
-    """Run `names` in the order given, yielding each stage and its stats as it finishes.
-
-    Args:
-        progress: stage name -> its Progress (a progress bar), or None.
-        options: per stage name, its constructor options (ingest's inputs, evaluate's models).
-    """
-    for name in names:
-        stage = make_stage(name, config, store, **(options or {}).get(name, {}))
-        yield stage, run(stage, progress(name) if progress else None, executor, retry_errors)
+    on_stage: StageDone | None = None,
+) -> list[tuple[Stage, RunStats]]:
+    """Fit the head (nothing to do when it is cached), then evaluate that head (not models/LATEST's)."""
+    options = {"evaluate": {"models": [make_stage("fit", config, store).model_dir]}}
+    return run_steps(["fit", "evaluate"], config, store, progress, options=options, on_stage=on_stage)
 
 
 def stage_range(first: str, last: str) -> list[str]:
     """The steps from `first` to `last` inclusive, in pipeline order."""
-    order = pipeline_order()
+    order = STAGES.order()
     if first not in order or last not in order or order.index(first) > order.index(last):
         raise UsageError(f"--from/--to must be stages in order: {', '.join(order)}")
     return order[order.index(first) : order.index(last) + 1]
@@ -97,13 +107,11 @@ def compare(methods: list[str], config: PipelineConfig, store: Store, split: str
     baselines = [m for m in methods if m != "item"]
     by_name: dict[str, dict[str, Any]] = {}
     if baselines:
-        job = make_stage("baselines", config, store, methods=baselines, split=split)
-        job.run()
+        options = {"baselines": {"methods": baselines, "split": split}}
+        [(job, _)] = run_steps(["baselines"], config, store, options=options)
         by_name.update({r["method"]: r for r in job.results})
     if "item" in methods:
-        run_stage("fit", config, store)
-        evaluate = make_stage("evaluate", config, store, models=[make_stage("fit", config, store).model_dir])
-        evaluate.run()
+        [_, (evaluate, _)] = fit_and_evaluate(config, store)
         by_name["item"] = {**evaluate.result, "method": "item"}
     results = []
     for name in methods:

@@ -2,10 +2,13 @@
 
 Folder rules: files are found recursively; a `0_real` or `1_fake` folder on the path gives the
 label; the first folder under the dataset root gives `generator` (the root's own name when the
-class folders sit directly under it); a `train`, `val` or `test` folder gives `split`. Lists
-(CSV/Parquet) have a `path` column (relative paths are relative to the list file) and optional
-`label`, `generator`, `split`, `dataset` and `caption` columns. GenImage (`ai`/`nature`) and
-DiffusionForensics (`<split>/<source>/<generator>`) layouts are registered too.
+class folders sit directly under it); a `train`, `val` or `test` folder (any case, or CNNDetection's
+`progan_train`, `progan_val`, `CNN_synth_testset`) gives `split`. Lists (CSV/Parquet) have a `path`
+column (relative paths are relative to the list file) and optional `label`, `generator`, `split`,
+`dataset` and `caption` columns. GenImage (`ai`/`nature`) and DiffusionForensics
+(`[images/]<split>/<source>/<generator>`) layouts are registered too. These rules are the one
+definition of the benchmarks' layouts: ingest reads folders with them, and `item reproduce` places
+the paper's datasets with them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
 GENIMAGE_DIRS = {"nature": 0, "ai": 1}
 SPLIT_DIRS = ("train", "val", "test")
+# Folder names that give a split, compared in lower case: CNNDetection ships its splits as
+# progan_train, progan_val and CNN_synth_testset.
+SPLIT_FOLDERS = {s: s for s in SPLIT_DIRS} | {"progan_train": "train", "progan_val": "val", "cnn_synth_testset": "test"}
 LABEL_WORDS = {"0": 0, "1": 1, "real": 0, "fake": 1}
 LIST_SUFFIXES = (".csv", ".parquet")
 
@@ -56,35 +62,45 @@ FolderInfo = tuple[int | None, str | None, str | None]  # label, generator, spli
 LAYOUTS: Registry[Callable[[tuple[str, ...], str], FolderInfo]] = Registry("folder layout")
 
 
+def split_at(parts: tuple[str, ...]) -> int | None:
+    """Where the first folder that names a split (SPLIT_FOLDERS) is in `parts`, or None."""
+    return next((i for i, p in enumerate(parts) if p.lower() in SPLIT_FOLDERS), None)
+
+
+def _split(parts: tuple[str, ...], at: int | None) -> str | None:
+    return None if at is None else SPLIT_FOLDERS[parts[at].lower()]
+
+
+def _label(parts: tuple[str, ...], folders: dict[str, int]) -> int | None:
+    return next((folders[p] for p in parts if p in folders), None)
+
+
 @LAYOUTS.register("cnndetection")
 def cnndetection(parts: tuple[str, ...], root: str) -> FolderInfo:
     """CNNDetection and UniversalFakeDetect's diffusion sets: `<generator>/[<class>/]0_real|1_fake`."""
-    label = next((LABEL_DIRS[p] for p in parts if p in LABEL_DIRS), None)
-    split = next((p for p in parts if p in SPLIT_DIRS), None)
     first = parts[0] if parts else None
-    generator = root if first is None or first in LABEL_DIRS or first in SPLIT_DIRS else first
-    return label, generator, split
+    generator = root if first is None or first in LABEL_DIRS or split_at((first,)) is not None else first
+    return _label(parts, LABEL_DIRS), generator, _split(parts, split_at(parts))
 
 
 @LAYOUTS.register("genimage")
 def genimage(parts: tuple[str, ...], root: str) -> FolderInfo:
     """GenImage: `<generator>/.../{train,val}/{ai,nature}`."""
-    label = next((GENIMAGE_DIRS[p] for p in parts if p in GENIMAGE_DIRS), None)
-    split = next((p for p in parts if p in SPLIT_DIRS), None)
-    return label, parts[0] if parts else root, split
+    return _label(parts, GENIMAGE_DIRS), parts[0] if parts else root, _split(parts, split_at(parts))
 
 
 @LAYOUTS.register("diffusionforensics")
 def diffusionforensics(parts: tuple[str, ...], root: str) -> FolderInfo:
-    """DiffusionForensics: `{train,val,test}/<source>/<generator>`, reals in `<source>/real`.
+    """DiffusionForensics: `[images/]{train,val,test}/<source>/<generator>`, reals in `<source>/real`.
 
     The generator is named `<source>/<generator>` (e.g. `lsun_bedroom/adm`) so that evaluation can
     pair each generator with its source's real images.
     """
-    if len(parts) < 3:
-        return None, None, parts[0] if parts and parts[0] in SPLIT_DIRS else None
-    split, source, generator = parts[0], parts[1], parts[2]
-    return (0 if generator == "real" else 1), f"{source}/{generator}", split if split in SPLIT_DIRS else None
+    at = split_at(parts)
+    if at is None or len(parts) < at + 3:
+        return None, None, _split(parts, at)
+    source, generator = parts[at + 1], parts[at + 2]
+    return (0 if generator == "real" else 1), f"{source}/{generator}", _split(parts, at)
 
 
 @LAYOUTS.register("auto")
@@ -93,7 +109,7 @@ def auto(parts: tuple[str, ...], root: str) -> FolderInfo:
     folder with at least three levels means DiffusionForensics; otherwise CNNDetection's rules."""
     if any(p in GENIMAGE_DIRS for p in parts):
         return genimage(parts, root)
-    if len(parts) >= 3 and parts[0] in SPLIT_DIRS and not any(p in LABEL_DIRS for p in parts):
+    if len(parts) >= 3 and split_at(parts) == 0 and not any(p in LABEL_DIRS for p in parts):
         return diffusionforensics(parts, root)
     return cnndetection(parts, root)
 
@@ -236,13 +252,16 @@ def sources_from_url_folder(url: str, dataset: str | None = None, layout: str = 
 
 
 def _split_value(value: Any, where: str) -> str | None:
+    """A sidecar's or a Hugging Face file's split, with HF's names (validation) mapped to ours."""
     text = _str_or_none(value)
-    if text is None:
-        return None
-    text = HF_SPLITS.get(text.lower(), text)
-    if text not in SPLIT_DIRS:
-        raise UsageError(f"{where}: split {value!r} is not one of {', '.join(SPLIT_DIRS)}")
-    return text
+    return None if text is None else checked_split(HF_SPLITS.get(text.lower(), text), f"{where}: split")
+
+
+def checked_split(split: str | None, what: str) -> str | None:
+    """`split` when it is None or one of SPLIT_DIRS; otherwise one error naming where it was given."""
+    if split is not None and split not in SPLIT_DIRS:
+        raise UsageError(f"{what} {split!r} is not one of {', '.join(SPLIT_DIRS)}")
+    return split
 
 
 def _stem(path: str) -> str:
@@ -297,9 +316,7 @@ def sources_from_list(path: Path | str, dataset: str | None = None) -> Iterator[
         text = str(row["path"])
         p = Path(text)
         label = _parse_label(row.get("label"), path)
-        split = _str_or_none(row.get("split"))
-        if split is not None and split not in SPLIT_DIRS:
-            raise UsageError(f"{path}: row {number}: split {split!r} is not one of {', '.join(SPLIT_DIRS)}")
+        split = checked_split(_str_or_none(row.get("split")), f"{path}: row {number}: split")
         if locations.is_url(text) or locations.SEP in text or p.is_absolute():
             where = text  # a URL, an archive member or an absolute path: as given
         else:
@@ -411,8 +428,7 @@ def discover(
 ) -> Iterator[Source]:
     """Sources from folders, lists, archives, Parquet with images, URLs, globs and single files;
     `generator`/`split` override what the inputs say."""
-    if split is not None and split not in SPLIT_DIRS:
-        raise UsageError(f"--split {split!r} is not one of {', '.join(SPLIT_DIRS)}")
+    checked_split(split, "--split")
     for source in _discover(expand(inputs), dataset, layout):
         if generator is not None or split is not None:
             source = dataclasses.replace(source, generator=generator or source.generator, split=split or source.split)

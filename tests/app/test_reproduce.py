@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from pipeline.app.demo import add_artifact, scene
-from pipeline.app.reproduce import TABLES, TRAIN_DATASET, Protocol, make_plan
+from pipeline.method.protocol import TRAIN_DATASET, Protocol, make_plan
+from pipeline.method.tables import TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 48
@@ -92,10 +93,20 @@ def make_ufd(root: Path) -> Path:
         images(tree / generator / "1_fake", 2, True, seed=30 + k)
     images(tree / "laion" / "0_real", 2, False, seed=40)
     images(tree / "imagenet" / "0_real", 2, False, seed=41)
-    archive = root / "diffusion_datasets.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        for path in sorted(tree.rglob("*.png")):
-            z.write(path, path.relative_to(root).as_posix())
+    return packed(tree, root / "diffusion_datasets.zip", inside=root)
+
+
+def packed(tree: Path, archive: Path, inside: Path) -> Path:
+    """`tree`'s PNGs as a zip or tar (member names relative to `inside`), the tree itself removed."""
+    members = [(path, path.relative_to(inside).as_posix()) for path in sorted(tree.rglob("*.png"))]
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as z:
+            for path, name in members:
+                z.write(path, name)
+    else:
+        with tarfile.open(archive, "w") as t:
+            for path, name in members:
+                t.add(path, name)
     shutil.rmtree(tree)
     return archive
 
@@ -120,12 +131,7 @@ def make_genimage(root: Path) -> Path:
     for k, (generator, subset) in enumerate(GENIMAGE.items()):
         real_fake(tree / generator / subset / "val", 2, seed=80 + k, real="nature", fake="ai")
     real_fake(tree / "ADM" / GENIMAGE["ADM"] / "train", 2, seed=90, real="nature", fake="ai")
-    archive = root / "genimage.tar"
-    with tarfile.open(archive, "w") as t:
-        for path in sorted(tree.rglob("*.png")):
-            t.add(path, path.relative_to(tree).as_posix())
-    shutil.rmtree(tree)
-    return archive
+    return packed(tree, root / "genimage.tar", inside=tree)
 
 
 # Ingested: the subsets (3 + 3 train, 2 + 2 val), CNNDetection's 8 test generators (4 each), UFD's 7
@@ -262,11 +268,8 @@ def test_the_seeded_subset_depends_on_the_seed_not_on_where_or_how_the_dataset_i
     assert len(original[0]) == 2 * TRAIN_COUNT
     moved = shutil.copytree(benchmarks["cnndetection"], tmp_path / "elsewhere" / "dataset")
     assert chosen(moved, 0) == original
-    archive = tmp_path / "CNNDetection.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        for path in sorted(moved.rglob("*.png")):
-            z.write(path, path.relative_to(moved).as_posix())
-    assert chosen(archive, 0) == original
+    copy = shutil.copytree(moved, tmp_path / "packing")
+    assert chosen(packed(copy, tmp_path / "CNNDetection.zip", inside=copy), 0) == original
     others = [chosen(moved, seed) for seed in (1, 2, 3)]
     assert all(digest != original[1] for _, digest in others)
     assert any(files != original[0] for files, _ in others)
