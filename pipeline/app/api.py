@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.app.runner import make_stage
+from pipeline.app.runner import make_stage, run_steps
 from pipeline.engine.config import PipelineConfig, resolve
 from pipeline.engine.errors import UsageError
 from pipeline.engine.progress import Progress
@@ -52,21 +52,20 @@ def predict(
     store = Store(data_dir)
     head = load_head(Path(model) if model else latest_model(store))
     config = head_pipeline(head, runtime)
-    ingest = make_stage("ingest", config, store, inputs=list(paths), dataset="predict", unassigned=True)
-    if not ingest.sources():
+    options = {"ingest": {"inputs": list(paths), "dataset": "predict", "unassigned": True}}
+    sources = make_stage("ingest", config, store, **options["ingest"]).sources()
+    if not sources:
         raise UsageError(f"no files to score under {', '.join(str(p) for p in paths)}")
-    ingest.run(progress=progress("ingest") if progress else None)
-    sources = ingest.sources()
+    [(ingest, _)] = run_steps(["ingest"], config, store, progress, options=options)
     ids = ingest.image_ids(sources)
     wanted = {i for i in ids if i is not None}
-    stages = {name: make_stage(name, config, store) for name in STAGES.feature_stages()}
-    if stages["distance"].fingerprint != head.config["features"]["fingerprint"]:
+    distance_fp = make_stage("distance", config, store).fingerprint
+    if distance_fp != head.config["features"]["fingerprint"]:
         raise UsageError(
             f"head {head.name} was trained on distance features {head.config['features']['fingerprint']} "
-            f"but its saved configuration now gives {stages['distance'].fingerprint}"
+            f"but its saved configuration now gives {distance_fp}"
         )
-    for name, stage in stages.items():
-        stage.run(ids=wanted, progress=progress(name) if progress else None)
+    stages = {stage.name: stage for stage, _ in run_steps(STAGES.feature_stages(), config, store, progress, ids=wanted)}
     table = _collect(store, stages, wanted)
     scored = _score(head, table)
     by_id = {row["image_id"]: row for row in scored.iter_rows(named=True)}

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from pipeline.app import demo as demo_recipe
 from pipeline.app.api import check_output, write_rows
 from pipeline.app.api import predict as run_predict
-from pipeline.app.demo import make_images, make_unseen
 from pipeline.app.progress import ProgressBar
 from pipeline.app.reproduce import Protocol, reproduce
 from pipeline.app.runner import compare, run_steps, stage_range, write_summary
@@ -70,6 +74,83 @@ Params = Annotated[
     typer.Option("--params", help="A params.yaml with per-stage overrides (default: ./params.yaml when present)."),
 ]
 DEFAULT_PARAMS = Path("params.yaml")
+Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")]
+ChunkSize = Annotated[int | None, typer.Option("--chunk-size", help="Rows per part file.")]
+Retry = Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")]
+ExecutorName = Annotated[
+    str,
+    typer.Option(help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."),
+]
+Scheduler = Annotated[str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")]
+Workers = Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options commands share, declared once (`OPTIONS`); a command takes those it names with
+    `@common(...)` and receives them as its `opts` (the others keep these defaults)."""
+
+    data_dir: Path = Path("data")
+    profile: str | None = None
+    params: Path | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    chunk_size: int | None = None
+    retry_errors: bool = False
+    executor: str = "local"
+    scheduler: str | None = None
+    workers: int | None = None
+    verbose: bool = False
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return {"device": self.device, "batch_size": self.batch_size, "chunk_size": self.chunk_size}
+
+
+OPTIONS = {
+    "data_dir": DataDir,
+    "profile": Profile,
+    "params": Params,
+    "device": Device,
+    "batch_size": BatchSize,
+    "chunk_size": ChunkSize,
+    "retry_errors": Retry,
+    "executor": ExecutorName,
+    "scheduler": Scheduler,
+    "workers": Workers,
+    "verbose": Verbose,
+}
+RUN = tuple(OPTIONS)  # the commands that run stages: caption .. distance, run, reproduce
+BASIC = ("data_dir", "profile", "params", "verbose")
+
+
+def common(*names: str):
+    """Give a command the shared options `names`, in place of its `opts: Common` parameter (`--verbose`
+    last, as on every command); the command is called with them collected in `opts`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Common)}
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        shared = {
+            n: inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n], annotation=OPTIONS[n])
+            for n in names
+        }
+        verbose = [shared.pop("verbose")] if "verbose" in shared else []
+        params = []
+        for p in signature.parameters.values():
+            params += shared.values() if p.name == "opts" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+
+        @functools.wraps(command)
+        def with_options(**kwargs: Any) -> Any:
+            opts = Common(**{n: kwargs.pop(n) for n in names})
+            return command(**kwargs, opts=opts)
+
+        with_options.__signature__ = signature.replace(parameters=[*params, *verbose])
+        return with_options
+
+    return decorate
 
 
 def _params(path: Path | None) -> dict:
@@ -77,35 +158,20 @@ def _params(path: Path | None) -> dict:
     return load_params(path or DEFAULT_PARAMS, required=path is not None)
 
 
-Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")]
-ChunkSize = Annotated[int | None, typer.Option("--chunk-size", help="Rows per part file.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
-
-
-def _setup(
-    data_dir: Path,
-    profile: str | None,
-    params: Path | None,
-    verbose: bool,
-    overrides: dict[str, dict] | None = None,
-    read_params: bool = True,
-    **runtime,
-):
-    """The resolved configuration (profile <- params file <- overrides) and the store.
+def _setup(opts: Common, overrides: dict[str, dict] | None = None, read_params: bool = True):
+    """The resolved configuration (profile <- params file <- overrides <- runtime options) and the store.
 
     `read_params=False` for commands whose configuration comes from elsewhere (the demo's is the
     tiny profile, predict's is the head's own): a params.yaml in the folder must not change them.
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    setup_logging(verbose)
-    loaded = _params(params) if read_params else {}
+    setup_logging(opts.verbose)
+    loaded = _params(opts.params) if read_params else {}
     for section, values in (overrides or {}).items():
         given = {k: v for k, v in values.items() if v is not None}
         if given:
             loaded[section] = {**(loaded.get(section) or {}), **given}
-    config = resolve(profile, loaded, runtime)
-    return config, Store(data_dir)
+    return resolve(opts.profile, loaded, opts.runtime), Store(opts.data_dir)
 
 
 class _Bars:
@@ -133,6 +199,12 @@ class _Bars:
         while self.open:
             self.open.pop().close()
 
+    def finished(self, stage, stats) -> None:
+        """After each stage: its bar closed, its line printed, its DVC summary written."""
+        self.close_all()
+        _report(stats)
+        write_summary(stage)
+
     def __exit__(self, *exc) -> None:
         self.close_all()
         self._redirect.__exit__(*exc)
@@ -140,14 +212,8 @@ class _Bars:
 
 def _run_steps(names: list[str], config, store, executor=None, retry_errors: bool = False, options=None):
     """Run stages in order through the orchestrator, with a progress bar each; print and record each."""
-    done = []
     with _Bars() as bars:
-        for stage, stats in run_steps(names, config, store, bars, executor, retry_errors, options):
-            bars.close_all()
-            _report(stats)
-            write_summary(stage)
-            done.append((stage, stats))
-    return done
+        return run_steps(names, config, store, bars, executor, retry_errors, options, on_stage=bars.finished)
 
 
 def _run(name: str, config, store, executor=None, retry_errors: bool = False, **stage_options):
@@ -166,19 +232,9 @@ def _report(stats) -> None:
     )
 
 
-Retry = Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")]
-ExecutorName = Annotated[
-    str,
-    typer.Option(help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."),
-]
-Scheduler = Annotated[str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")]
-Workers = Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")]
-
-
-def _with_executor(name: str, scheduler: str | None, workers: int | None, body) -> None:
+def _with_executor(opts: Common, body) -> None:
     """Run `body(executor)` and close the executor (a dask cluster) afterwards."""
-
-    runner = make_executor(name, scheduler, workers)
+    runner = make_executor(opts.executor, opts.scheduler, opts.workers)
     try:
         body(runner)
     finally:
@@ -187,29 +243,17 @@ def _with_executor(name: str, scheduler: str | None, workers: int | None, body) 
 
 
 def _stage_command(name: str, doc: str):
-    def command(
-        data_dir: DataDir = Path("data"),
-        profile: Profile = None,
-        params: Params = None,
-        device: Device = None,
-        batch_size: BatchSize = None,
-        chunk_size: ChunkSize = None,
-        retry_errors: Retry = False,
-        executor: ExecutorName = "local",
-        scheduler: Scheduler = None,
-        workers: Workers = None,
-        verbose: Verbose = False,
-    ) -> None:
-        config, store = _setup(
-            data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
-        )
-        _with_executor(executor, scheduler, workers, lambda runner: _run(name, config, store, runner, retry_errors))
+    @common(*RUN)
+    def command(opts: Common) -> None:
+        config, store = _setup(opts)
+        _with_executor(opts, lambda runner: _run(name, config, store, runner, opts.retry_errors))
 
     command.__doc__ = doc
     app.command(name)(command)
 
 
 @app.command()
+@common(*BASIC)
 def ingest(
     inputs: Annotated[
         list[Path] | None,
@@ -219,22 +263,18 @@ def ingest(
     layout: Annotated[str, typer.Option(help="auto | cnndetection | genimage | diffusionforensics.")] = "auto",
     generator: Annotated[str | None, typer.Option(help="Set the generator of every file (e.g. progan).")] = None,
     split: Annotated[str | None, typer.Option(help="Set the split of every file (train | val | test).")] = None,
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Add images to the manifest: hash each file (sha256 = image_id), check it decodes, read its
     label, generator and split from the folder layout (0_real/1_fake, GenImage's ai/nature,
     DiffusionForensics' <split>/<source>/<generator>) or a list's columns. Broken files get error rows;
     files seen before (same path, size and mtime) are skipped."""
-    config, store = _setup(data_dir, profile, params, verbose)
-    inputs = inputs or _params_inputs(params)
+    config, store = _setup(opts)
+    inputs = inputs or _params_inputs(opts.params)
     _run("ingest", config, store, inputs=inputs, dataset=dataset, layout=layout, generator=generator, split=split)
 
 
 def _params_inputs(params: Path | None) -> list[str]:
-
     inputs = _params(params).get("inputs") or []
     if not inputs:
         raise typer.BadParameter("give folders or lists to ingest, or list them under `inputs:` in params.yaml")
@@ -263,59 +303,45 @@ _stage_command(
 
 
 @app.command("run")
+@common(*RUN)
 def run_all(
     first: Annotated[str, typer.Option("--from", help="First stage: ingest | caption | ... | fit.")] = "caption",
     last: Annotated[str, typer.Option("--to", help="Last stage: ... | fit | evaluate.")] = "evaluate",
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    device: Device = None,
-    batch_size: BatchSize = None,
-    chunk_size: ChunkSize = None,
-    retry_errors: Retry = False,
-    executor: ExecutorName = "local",
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Run the stages from --from to --to in pipeline order, in one process (each computes only what is
     missing). The executor and --retry-errors apply to the per-image stages; --from ingest reads
     params.yaml's `inputs`."""
-
     names = stage_range(first, last)
-    config, store = _setup(
-        data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
-    )
-    options = {"ingest": {"inputs": _params_inputs(params)}} if "ingest" in names else {}
+    config, store = _setup(opts)
+    options = {"ingest": {"inputs": _params_inputs(opts.params)}} if "ingest" in names else {}
 
     def body(runner) -> None:
-        for stage, _ in _run_steps(names, config, store, runner, retry_errors, options):
+        for stage, _ in _run_steps(names, config, store, runner, opts.retry_errors, options):
             if stage.name == "evaluate":
                 _print_evaluation(stage, store)
 
-    _with_executor(executor, scheduler, workers, body)
+    _with_executor(opts, body)
 
 
 @app.command()
+@common(*BASIC)
 def fit(
     head: Annotated[str | None, typer.Option(help="mlp (the paper's) | lightgbm | logreg.")] = None,
     features: Annotated[str | None, typer.Option(help="both | global | local (Fig. 5 ablation).")] = None,
     w1: Annotated[float | None, typer.Option(help="Weight of D_g in D = w1*D_g + w2*D_l.")] = None,
     w2: Annotated[float | None, typer.Option(help="Weight of D_l.")] = None,
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Train a head on the cached distance rows of the train split (no model stage runs), calibrate
     its temperature and threshold on the val split, and save it under models/ (safetensors + JSON, or
     LightGBM's text format). A head with the same fingerprint is reused. Options override params.yaml."""
-    fit_options = {"head": head, "features": features, "w1": w1, "w2": w2}
-    config, store = _setup(data_dir, profile, params, verbose, overrides={"fit": fit_options})
+    config, store = _setup(opts, overrides={"fit": {"head": head, "features": features, "w1": w1, "w2": w2}})
     _run("fit", config, store)
 
 
 @app.command()
+@common(*BASIC)
 def evaluate(
     model: Annotated[list[Path] | None, typer.Option(help="Head folder(s) (default: the latest fitted).")] = None,
     all_heads: Annotated[bool, typer.Option("--all", help="Evaluate every head under models/.")] = False,
@@ -326,29 +352,23 @@ def evaluate(
             "(default: params.yaml's evaluate.heads, if any)."
         ),
     ] = None,
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Score the test split (val when there is none) with fitted heads: per generator and mean, ACC at
     0.5, AP, AUC, real/fake ACC, TPR at 1% and 5% FPR, and ACC at the calibrated threshold. Prints the
     ACC and AP tables in the paper's layout; writes every table (CSV + Markdown) and metrics.json to
     reports/."""
-
-    config, store = _setup(data_dir, profile, params, verbose)
+    config, store = _setup(opts)
     methods = [h.strip() for h in heads.split(",") if h.strip()] if heads else list(config.stage("evaluate").heads)
     if methods:
-        _compare(methods, config, store)
+        _print_comparison(compare(methods, config, store))
     else:
         models = all_models(store) if all_heads else model
         for stage, _ in _run_steps(["evaluate"], config, store, options={"evaluate": {"models": models}}):
             _print_evaluation(stage, store)
 
 
-def _compare(methods: list[str], config, store) -> None:
-
-    results = compare(methods, config, store)
+def _print_comparison(results: list[dict[str, Any]]) -> None:
     typer.echo(format_tables(results, ("acc", "ap")))
     warning = leakage_warning(results)
     if warning:
@@ -356,12 +376,12 @@ def _compare(methods: list[str], config, store) -> None:
 
 
 def _print_evaluation(stage, store, metrics: tuple[str, ...] = ("acc", "ap", "acc_calibrated")) -> None:
-
     typer.echo(format_tables(stage.results, metrics))
     typer.echo(f"all tables and metrics.json: {store.reports}")
 
 
 @app.command()
+@common("data_dir", "device", "batch_size", "verbose")
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Folders, globs, CSV/Parquet lists or image files.")],
     out: Annotated[
@@ -371,26 +391,17 @@ def predict(
         ),
     ],
     model: Annotated[Path | None, typer.Option(help="Head folder (default: the latest fitted).")] = None,
-    data_dir: DataDir = Path("data"),
-    device: Device = None,
-    batch_size: BatchSize = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Score images with a fitted head: runs whichever stages are missing for them (the cache is reused)
     with the head's own model configuration, then writes one row per input file: image_id, path,
     score = P(fake) (calibrated), decision, caption, objects with their image-phrase cosine, status
     and error. Broken files get a row with the reason."""
-
-    _setup(data_dir, None, None, verbose, read_params=False)
+    _setup(opts, read_params=False)
     check_output(out)  # a bad --out fails before any work
+    runtime = {"device": opts.device, "batch_size": opts.batch_size}
     with _Bars() as bars:
-        rows = run_predict(
-            inputs,
-            model=model,
-            data_dir=data_dir,
-            progress=bars,
-            runtime={"device": device, "batch_size": batch_size},
-        )
+        rows = run_predict(inputs, model=model, data_dir=opts.data_dir, progress=bars, runtime=runtime)
     write_rows(rows, out)
     n_fake = sum(r["decision"] == "fake" for r in rows)
     n_err = sum(r["status"] == "error" for r in rows)
@@ -402,16 +413,11 @@ def predict(
 
 
 @app.command()
-def status(
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
-) -> None:
+@common(*BASIC)
+def status(opts: Common = Common()) -> None:
     """Per stage under the current configuration: rows ok, rows in error (by reason) and manifest images
     still missing; other fingerprints present on disk are listed."""
-
-    config, store = _setup(data_dir, profile, params, verbose)
+    config, store = _setup(opts)
     typer.echo(f"data: {store.root}  profile: {config.profile}")
     typer.echo(f"{'stage':<9} {'fingerprint':<13} {'ok':>8} {'error':>8} {'missing':>8}")
     for s in stage_status(config, store):
@@ -423,58 +429,42 @@ def status(
 
 
 @app.command()
+@common("data_dir", "verbose")
 def demo(
-    data_dir: DataDir = Path("data"),
+    opts: Common = Common(),
     n_per_class: Annotated[int, typer.Option(help="Images per class and generator.")] = 40,
-    verbose: Verbose = False,
 ) -> None:
     """Make a small synthetic image set (nothing downloaded), run every stage on it with the tiny
     profile (and on the robustness grid of its test images), evaluate, compare with the baselines,
     write the HTML report, and score a folder of unseen images: random-weight models, so the numbers
     only show that the pipeline works."""
-    from pipeline.app.report import build as build_report
-
-    config, store = _setup(data_dir, "tiny", None, verbose, read_params=False, chunk_size=64)
+    opts = dataclasses.replace(opts, profile="tiny", chunk_size=64)
+    config, store = _setup(opts, read_params=False)
     start = time.perf_counter()
-    root = make_images(store.root / "raw" / "demo", n_per_class)
-    typer.echo(f"demo images: {root}")
-    # The same orchestration as `item run`: ingest .. fit, then the robustness grid (9 perturbed copies
-    # of each test image) through the per-image stages, then evaluate.
-    ran = _run_steps(
-        stage_range("ingest", "fit"), config, store, options={"ingest": {"inputs": [root], "dataset": "demo"}}
-    )
-    perturbed = _run_steps(["perturb"], config, store)
-    derived = perturbed[0][0].sources
-    ran += perturbed + _run_steps(
-        stage_range("ingest", "distance"), config, store, options={"ingest": {"sources": derived}}
-    )
-    evaluated = _run_steps(["evaluate"], config, store)
-    computed = sum(stats.computed for _, stats in ran + evaluated)
-    _print_evaluation(evaluated[0][0], store, ("acc", "ap"))
+    images = demo_recipe.make_images(store.root / demo_recipe.IMAGES, n_per_class)
+    typer.echo(f"demo images: {images}")
+    with _Bars() as bars:
+        done = demo_recipe.run_demo(config, store, images, bars, bars.finished)
+    _print_evaluation(done.evaluation, store, ("acc", "ap"))
     typer.echo("comparison with baselines trained on the same cache:")
-    report = store.reports / "report.html"
-    cached = [store.reports / f"comparison_{m}.md" for m in ("acc", "ap")]
-    if computed == 0 and report.exists() and all(p.exists() for p in cached):
-        # Nothing changed since the last demo: its comparison and report stand as they are.
-        typer.echo("\n".join(p.read_text() for p in cached) + "(unchanged: from reports/)")
+    if done.comparison is None:  # nothing changed since the last demo: its comparison stands
+        typer.echo("\n".join(p.read_text() for p in done.cached_comparison) + "(unchanged: from reports/)")
     else:
-        _compare(["item", "unifd", "defake", "cosine", "format"], config, store)
-        report = build_report(config, store)
-    typer.echo(f"robustness grid: {len(derived)} derived images; report: {report}")
-    unseen = make_unseen(store.root / "raw" / "demo-unseen")
-    rows = run_predict([unseen], data_dir=store.root, runtime={"chunk_size": 64})
-    out = store.reports / "demo-predictions.csv"
-    write_rows(rows, out)
-    typer.echo(f"predict on {len(rows)} unseen file(s) in {unseen} -> {out}")
-    for r in rows:
+        _print_comparison(done.comparison)
+    typer.echo(f"robustness grid: {done.derived} derived images; report: {done.report}")
+    typer.echo(f"predict on {len(done.predictions)} unseen file(s) in {done.unseen} -> {done.predictions_file}")
+    for r in done.predictions:
         score = "-" if r["score"] is None else f"{r['score']:.3f}"
         typer.echo(
             f"  {Path(r['path']).name:<16} {r['decision'] or r['status']:<6} score {score:<6} "
             f"{r['error'] or (r['caption'] or '')[:40]}"
         )
     typer.echo("(tiny profile: random-weight models; these numbers only show that the pipeline runs end to end)")
-    summary = "nothing recomputed: every stage was up to date" if computed == 0 else f"{computed} row(s) computed"
-    typer.echo(f"demo finished in {time.perf_counter() - start:.1f}s: {summary}")
+    typer.echo(f"demo finished in {time.perf_counter() - start:.1f}s: {_computed(done.computed)}")
+
+
+def _computed(rows: int) -> str:
+    return "nothing recomputed: every stage was up to date" if rows == 0 else f"{rows} row(s) computed"
 
 
 def DatasetPaths(help: str) -> Any:  # noqa: N802 (used as a type, like the aliases above)
@@ -483,6 +473,7 @@ def DatasetPaths(help: str) -> Any:  # noqa: N802 (used as a type, like the alia
 
 
 @app.command("reproduce")
+@common(*RUN)
 def reproduce_tables(
     cnndetection: DatasetPaths(
         "CNNDetection: a folder or zip/tar holding train/ (ProGAN <class>/0_real|1_fake: the training "
@@ -499,65 +490,38 @@ def reproduce_tables(
     train_count: Annotated[int, typer.Option(help="ProGAN training images per class (real, fake).")] = 40_000,
     val_count: Annotated[int, typer.Option(help="ProGAN validation images per class (calibration only).")] = 1_000,
     seed: Annotated[int, typer.Option(help="Seed of the training and validation subsets.")] = 0,
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    device: Device = None,
-    batch_size: BatchSize = None,
-    chunk_size: ChunkSize = None,
-    retry_errors: Retry = False,
-    executor: ExecutorName = "local",
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Reproduce the paper's Tables I-III: train ITEM on a seeded ProGAN subset of CNNDetection (40,000 real
     + 40,000 fake by default), test per generator on the datasets given, and print each table with the
     paper's ITEM row and the difference (also reports/reproduce.{md,json}). Every stage is cached: a re-run
     computes nothing. Datasets not given leave their columns "-"."""
-    config, store = _setup(
-        data_dir, profile, params, verbose, device=device, batch_size=batch_size, chunk_size=chunk_size
-    )
+    config, store = _setup(opts)
     roots = {"cnndetection": cnndetection, "ufd": ufd, "diffusionforensics": diffusionforensics, "genimage": genimage}
     protocol = Protocol(train_count=train_count, val_count=val_count, seed=seed)
 
     def body(runner) -> None:
         with _Bars() as bars:
-
-            def finished(stage, stats) -> None:
-                bars.close_all()
-                _report(stats)
-                write_summary(stage)
-
-            done = reproduce(
-                roots, config, store, protocol, bars, executor=runner, retry_errors=retry_errors, on_stage=finished
-            )
+            done = reproduce(roots, config, store, protocol, bars, runner, opts.retry_errors, bars.finished)
         typer.echo(done.markdown)
-        summary = (
-            "nothing recomputed: every stage was up to date"
-            if done.computed == 0
-            else f"{done.computed} row(s) computed"
-        )
-        typer.echo(f"{summary}; tables in {', '.join(str(p) for p in done.paths)}")
+        typer.echo(f"{_computed(done.computed)}; tables in {', '.join(str(p) for p in done.paths)}")
 
-    _with_executor(executor, scheduler, workers, body)
+    _with_executor(opts, body)
 
 
 @app.command()
+@common(*BASIC)
 def perturb(
     kinds: Annotated[str, typer.Option(help="Comma-separated: noise, blur, jpeg.")] = "noise,blur,jpeg",
     split: Annotated[str, typer.Option(help="Which split's images to perturb.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of the Gaussian noise.")] = 0,
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Make the paper's robustness grid (Fig. 4): Gaussian noise sigma 0.001/0.005/0.01, Gaussian blur
     sigma 1/2/3 and JPEG quality 75/50/25 copies of a split's images (real and fake alike), and ingest
     them as new images with source_id and perturbation. Run the stages (`item run`) and then `item
     report` (or `item robustness`) to score them."""
-    config, store = _setup(data_dir, profile, params, verbose)
+    config, store = _setup(opts)
     options = {"kinds": tuple(k.strip() for k in kinds.split(",") if k.strip()), "split": split, "seed": seed}
     job = _run_steps(["perturb"], config, store, options={"perturb": options})[0][0]
     typer.echo(f"perturb: {len(job.sources)} derived image(s) under {job.out}")
@@ -565,17 +529,13 @@ def perturb(
 
 
 @app.command()
-def robustness(
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
-) -> None:
+@common(*BASIC)
+def robustness(opts: Common = Common()) -> None:
     """AP and ACC of the latest head on every perturbation and level (after `item perturb` and `item run`),
     next to the same images clean; writes reports/robustness.json and reports/figures/robustness.png."""
     from pipeline.app import plots
 
-    config, store = _setup(data_dir, profile, params, verbose)
+    config, store = _setup(opts)
     result = _run_steps(["robustness"], config, store)[0][0].result
     if result is None:
         raise typer.BadParameter("no scored derived images: run `item perturb`, then `item run --to distance`")
@@ -589,53 +549,51 @@ def robustness(
 
 
 @app.command()
+@common(*BASIC)
 def report(
     sample: Annotated[int, typer.Option(help="Test images explained (half most-real, half most-fake).")] = 12,
-    data_dir: DataDir = Path("data"),
-    profile: Profile = None,
-    params: Params = None,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Write reports/report.html: one self-contained page with the evaluation tables, the baseline
     comparison and robustness grid (when computed), PR/ROC curves, per-generator bars, t-SNE of D, the
     format-bias check, and per-image explanations (thumbnail with boxes, caption, per-object cosine)."""
     from pipeline.app.report import build
 
-    config, store = _setup(data_dir, profile, params, verbose)
+    config, store = _setup(opts)
     typer.echo(f"report: {build(config, store, sample)}")
 
 
 @app.command()
+@common("data_dir", "verbose")
 def check(
     quarantine: Annotated[bool, typer.Option(help="Move unreadable or foreign part files to quarantine/.")] = False,
-    data_dir: DataDir = Path("data"),
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Read every part file under the data directory; report (or quarantine) the ones that are not
     readable Parquet with an image_id and status column."""
-
-    _setup(data_dir, None, None, verbose, read_params=False)
-    bad = check_parts(data_dir, quarantine=quarantine)
+    _setup(opts, read_params=False)
+    bad = check_parts(opts.data_dir, quarantine=quarantine)
     for path, reason in bad:
         typer.echo(f"{'quarantined' if quarantine else 'bad'}: {path}: {reason}")
-    typer.echo(
-        f"check: {len(bad)} bad part file(s)" + (f", moved to {data_dir / 'quarantine'}" if bad and quarantine else "")
-    )
+    where = f", moved to {opts.data_dir / 'quarantine'}" if bad and quarantine else ""
+    typer.echo(f"check: {len(bad)} bad part file(s){where}")
     if bad and not quarantine:
         raise typer.Exit(1)
 
 
 @app.command()
+@common("verbose")
 def bench(
     only: Annotated[
         str | None, typer.Option(help="One group: embed | fit | cached | cpu | s3 | ingest | million.")
     ] = None,
     rows: Annotated[int, typer.Option(help="Cached rows for the fit benchmark.")] = 80_000,
     record: Annotated[bool, typer.Option(help="Append the figures to BENCHMARKS.md.")] = True,
-    verbose: Verbose = False,
+    opts: Common = Common(),
 ) -> None:
     """Measure the speed figures (embed efficiency vs the bare model, no-op re-run over 100,000 cached
     images, head fits on 80,000 rows, distance memory at 10k vs 100k) and print each with its target.
+
     The harness lives in a checkout's benchmarks/ folder, beside the package (`make bench`)."""
     try:
         from benchmarks import bench as harness
@@ -644,7 +602,7 @@ def bench(
             raise
         raise UsageError("item bench runs the benchmarks/ folder of a checkout: run it there (`make bench`)") from None
     options = [*(["--only", only] if only else []), "--rows", str(rows)]
-    harness.main([*options, *([] if record else ["--no-record"]), *(["-v"] if verbose else [])])
+    harness.main([*options, *([] if record else ["--no-record"]), *(["-v"] if opts.verbose else [])])
 
 
 def main() -> None:

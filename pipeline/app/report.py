@@ -89,17 +89,17 @@ def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: i
 
 def robustness(config: PipelineConfig, store: Store, head) -> dict[str, Any] | None:
     """AP and ACC of `head` on each perturbation and level, and on the same sources clean (the robustness job)."""
-    from pipeline.app.runner import make_stage
+    from pipeline.app.runner import run_steps
 
-    job = make_stage("robustness", config, store, model=head.directory)
-    job.run()
+    [(job, _)] = run_steps(["robustness"], config, store, options={"robustness": {"model": head.directory}})
     return job.result
 
 
 def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
     """Write reports/report.html (and the PNG plots beside it); returns its path."""
-    from pipeline.app import formatbias, plots
-    from pipeline.app.runner import make_stage
+    from pipeline.app import plots
+    from pipeline.app.runner import run_steps
+    from pipeline.method import formatbias
     from pipeline.method.heads import FittedHead
     from pipeline.method.rows import labelled_rows, latest_model, to_numpy
 
@@ -107,8 +107,7 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
     figures = reports / "figures"
     model_dir = latest_model(store)
     head = FittedHead(model_dir)
-    stage = make_stage("evaluate", config, store, models=[model_dir])
-    stage.run()
+    [(stage, _)] = run_steps(["evaluate"], config, store, options={"evaluate": {"models": [model_dir]}})
     result = stage.result
     parts = [
         f"<h1>ITEM report</h1><p class='note'>data: {html.escape(str(store.root))} &middot; head "
