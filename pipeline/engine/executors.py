@@ -9,7 +9,6 @@ configuration, and each worker builds the stage (and loads its model) once.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -17,7 +16,8 @@ from pipeline.engine.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-DEVICE_ENV = "ITEM_DEVICE"  # set on each local dask worker: the GPU it is pinned to
+DEVICE_ENV = "ITEM_DEVICE"  # a device a worker is pinned to by its environment (devices.resolve_device reads it)
+GPU = "GPU"  # the worker resource a GPU task asks for
 
 
 class Executor(Protocol):
@@ -32,25 +32,51 @@ class InProcessExecutor:
             yield fn(item)
 
 
-def _pin(device: str) -> str:
-    os.environ[DEVICE_ENV] = device
-    return device
+def gpu_cluster(devices: list[str]) -> Any:
+    """A local cluster of one single-threaded worker per GPU, each seeing only its own device through
+    `CUDA_VISIBLE_DEVICES` set in its environment at start, so a worker its nanny restarts keeps its
+    GPU (a pin set afterwards by `client.run` would be lost). dask-cuda's LocalCUDACluster when it is
+    installed (it also sets CPU affinity and UCX); else the same specification with plain nannies."""
+    try:
+        from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=1, resources={GPU: 1}, dashboard_address=None
+        )
+    except ImportError:
+        from dask.distributed import Nanny, Scheduler, SpecCluster
+
+        workers = {
+            f"gpu-{d}": {
+                "cls": Nanny,
+                "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": d}, "resources": {GPU: 1}},
+            }
+            for d in devices
+        }
+        return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
 
 
 class DaskExecutor:
-    """Work units as dask tasks, a bounded number in flight, each retried on failure.
+    """Work units as dask tasks, as many in flight as the workers present can take, each retried on failure.
 
     Args:
         scheduler: address of an existing scheduler (dask-jobqueue, dask-kubernetes, ...); None
-            starts a local cluster: one single-threaded worker per visible GPU, each pinned to its
-            device, or `workers` CPU workers where there is no GPU.
-        workers: CPU workers of a local cluster (default 2).
+            starts a local cluster: one single-threaded worker per visible GPU (the first `workers`
+            of them when given), each seeing only its device, or `workers` CPU workers where there is
+            no GPU.
+        workers: workers of a local cluster (default: one per GPU, else 2).
         retries: how often a failed task is tried again (a dead worker's tasks are rescheduled).
-        in_flight: tasks submitted ahead of results, per worker (bounds the driver's memory).
+        in_flight: tasks submitted ahead of results, per worker present (bounds the driver's memory).
+        gpus: GPU indices to use (default: every GPU torch sees).
     """
 
     def __init__(
-        self, scheduler: str | None = None, workers: int | None = None, retries: int = 2, in_flight: int = 2
+        self,
+        scheduler: str | None = None,
+        workers: int | None = None,
+        retries: int = 2,
+        in_flight: int = 2,
+        gpus: list[str] | None = None,
     ) -> None:
         from dask.distributed import Client, LocalCluster
 
@@ -60,40 +86,50 @@ class DaskExecutor:
         if scheduler:
             self.client = Client(scheduler)
         else:
-            gpus = _visible_gpus()
-            n = gpus or workers or 2
-            self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-            self.client = Client(self._cluster)
+            gpus = [str(i) for i in range(_visible_gpus())] if gpus is None else gpus
             if gpus:
-                for i, address in enumerate(sorted(self.client.scheduler_info()["workers"])):
-                    self.client.run(_pin, f"cuda:{i}", workers=[address])
+                self._cluster = gpu_cluster(gpus[: workers or len(gpus)])
+            else:
+                self._cluster = LocalCluster(
+                    n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+            self.client = Client(self._cluster)
         log.info("dask executor: %d worker(s) at %s", self.n_workers, self.client.scheduler.address)
 
     @property
     def n_workers(self) -> int:
         return len(self.client.scheduler_info()["workers"])
 
+    def _resources(self) -> dict[str, int] | None:
+        """A GPU per task where workers offer GPUs (so a worker runs one model task at a time)."""
+        offered = (w.get("resources") or {} for w in self.client.scheduler_info()["workers"].values())
+        return {GPU: 1} if any(GPU in r for r in offered) else None
+
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         from dask.distributed import as_completed
 
         it = iter(items)
         done = as_completed()
+        resources = self._resources()
+        pending = 0
 
-        def submit() -> bool:
-            try:
-                item = next(it)
-            except StopIteration:
-                return False
-            done.add(self.client.submit(fn, item, pure=False, retries=self.retries))
-            return True
+        def fill() -> None:
+            """Submit until every worker present (those that joined since included) has its share."""
+            nonlocal pending
+            while pending < max(1, self.in_flight * self.n_workers):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                done.add(self.client.submit(fn, item, pure=False, retries=self.retries, resources=resources))
+                pending += 1
 
-        for _ in range(max(1, self.in_flight * self.n_workers)):
-            if not submit():
-                break
+        fill()
         for future in done:
             result = future.result()
             future.release()
-            submit()
+            pending -= 1
+            fill()
             yield result
 
     def close(self) -> None:

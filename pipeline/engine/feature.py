@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -287,6 +288,7 @@ class FeatureStage(Stage):
 # Stages by (name, fingerprint, data root) in this process: a dask worker builds each stage, and so
 # loads its model, once, however many chunks it runs. The driver registers its own instances.
 _STAGE_CACHE: dict[tuple[str, str, str], FeatureStage] = {}
+_STAGE_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 
 
 class ChunkTask:
@@ -325,4 +327,7 @@ class ChunkTask:
         return _STAGE_CACHE[self.key]
 
     def __call__(self, item: tuple[str, pa.Table]) -> ChunkResult:
-        return self.stage().run_chunk(item, self.on_rows)
+        # A worker with several threads may run two chunks of one stage at once: they share its model,
+        # which is not thread-safe, so they take turns.
+        with _STAGE_LOCKS.setdefault(self.key, threading.Lock()):
+            return self.stage().run_chunk(item, self.on_rows)

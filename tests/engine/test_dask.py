@@ -88,3 +88,60 @@ def test_a_worker_killed_mid_run_loses_no_image(tmp_path, image_root, executor):
     assert make_stage("caption", config, store).todo() == []
     executor.client.wait_for_workers(2, timeout=120)
     assert set(executor.client.run(os.getpid).values()) != set(pids.values())  # the worker really died
+
+
+def _visible() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_each_local_gpu_worker_sees_only_its_device_even_after_its_nanny_restarts_it():
+    from dask.distributed import Client
+
+    from pipeline.engine.executors import gpu_cluster
+
+    with gpu_cluster(["0", "1"]) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        assert sorted(client.run(_visible).values()) == ["0", "1"]
+        assert all(w["resources"] == {"GPU": 1} for w in client.scheduler_info()["workers"].values())
+        pids = client.run(os.getpid)
+        os.kill(next(iter(pids.values())), signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:  # while the nanny restarts it, the dead worker may still be listed
+                now = client.run(os.getpid)
+            except OSError:
+                continue
+            if len(now) == 2 and set(now.values()) != set(pids.values()):
+                break
+        assert set(client.run(os.getpid).values()) != set(pids.values())  # restarted
+        assert sorted(client.run(_visible).values()) == ["0", "1"]  # ... with its GPU
+
+
+def _where(item: int) -> tuple[str, float, float]:
+    from dask.distributed import get_worker
+
+    start = time.monotonic()  # one clock for every process of this machine
+    time.sleep(0.4)
+    return get_worker().address, start, time.monotonic()
+
+
+def test_workers_that_join_mid_run_get_work_at_once():
+    """Tasks in flight follow the workers present: one worker at the start (2 tasks in flight), three
+    soon after, and three tasks then run at the same time."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        executor = DaskExecutor(scheduler=cluster.scheduler_address)
+        try:
+            results = []
+            for k, result in enumerate(executor.map(_where, range(30))):
+                results.append(result)
+                if k == 0:
+                    cluster.scale(3)
+                    executor.client.wait_for_workers(3, timeout=120)
+        finally:
+            executor.close()
+    assert len(results) == 30 and len({address for address, _, _ in results}) == 3
+    running = max(sum(s <= t < e for _, s, e in results) for _, t, _ in results)
+    assert running == 3, running

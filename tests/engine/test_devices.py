@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from pipeline.engine.devices import resolve_device
 from pipeline.engine.errors import UsageError
-from pipeline.engine.executors import DEVICE_ENV, _pin
+from pipeline.engine.executors import DEVICE_ENV
 
 
 def test_auto_is_the_pinned_device_else_what_torch_sees(monkeypatch):
@@ -21,6 +23,11 @@ def test_auto_is_the_pinned_device_else_what_torch_sees(monkeypatch):
 def test_a_gpu_torch_cannot_see_is_a_usage_error():
     with pytest.raises(UsageError, match="torch sees"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def _pin(device: str) -> str:
+    os.environ[DEVICE_ENV] = device
+    return device
 
 
 def test_a_pinned_dask_worker_resolves_auto_to_its_own_device():
