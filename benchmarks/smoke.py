@@ -81,7 +81,7 @@ SMALL = {
     },
     "gdino": {
         "swin": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 7},
-        "bert": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+        "bert": {**TINY_DIMS, "num_hidden_layers": 1},  # the tiny profile's BERT
         "d_model": 32,
         "layers": 2,  # at least 2: the box heads of decoder layers 1.. are tied to layer 0's
         "ffn": 64,

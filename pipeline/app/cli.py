@@ -18,7 +18,7 @@ from pipeline.app import demo as demo_recipe
 from pipeline.app.api import check_output, write_rows
 from pipeline.app.api import predict as run_predict
 from pipeline.app.progress import ProgressBar
-from pipeline.app.reproduce import Protocol, reproduce
+from pipeline.app.reproduce import reproduce
 from pipeline.app.runner import compare, run_steps, stage_range, write_summary
 from pipeline.app.runner import status as stage_status
 from pipeline.engine.config import PROFILES, load_params, resolve
@@ -29,6 +29,7 @@ from pipeline.engine.log import setup_logging
 from pipeline.engine.registry import UnknownNameError
 from pipeline.engine.store import LockedError, Store, StoreError, check_parts
 from pipeline.method.evaluation import format_tables
+from pipeline.method.protocol import Protocol
 from pipeline.method.rows import all_models
 from stages.baselines import leakage_warning
 
@@ -60,31 +61,7 @@ def _root(
     """ITEM: detect AI-generated images by image-text misalignment."""
 
 
-DataDir = Annotated[Path, typer.Option("--data-dir", "-d", envvar="ITEM_DATA_DIR", help="Data root.")]
-Profile = Annotated[
-    str | None,
-    typer.Option(
-        "--profile",
-        "-p",
-        help=f"Model profile: {' | '.join(PROFILES.names())} (default: params.yaml's, else paper).",
-    ),
-]
-Params = Annotated[
-    Path | None,
-    typer.Option("--params", help="A params.yaml with per-stage overrides (default: ./params.yaml when present)."),
-]
 DEFAULT_PARAMS = Path("params.yaml")
-Device = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")]
-ChunkSize = Annotated[int | None, typer.Option("--chunk-size", help="Rows per part file.")]
-Retry = Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")]
-ExecutorName = Annotated[
-    str,
-    typer.Option(help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."),
-]
-Scheduler = Annotated[str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")]
-Workers = Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
 @dataclass(frozen=True)
@@ -109,18 +86,34 @@ class Common:
         return {"device": self.device, "batch_size": self.batch_size, "chunk_size": self.chunk_size}
 
 
+# The shared options, as typer declares them (the defaults are Common's).
 OPTIONS = {
-    "data_dir": DataDir,
-    "profile": Profile,
-    "params": Params,
-    "device": Device,
-    "batch_size": BatchSize,
-    "chunk_size": ChunkSize,
-    "retry_errors": Retry,
-    "executor": ExecutorName,
-    "scheduler": Scheduler,
-    "workers": Workers,
-    "verbose": Verbose,
+    "data_dir": Annotated[Path, typer.Option("--data-dir", "-d", envvar="ITEM_DATA_DIR", help="Data root.")],
+    "profile": Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            "-p",
+            help=f"Model profile: {' | '.join(PROFILES.names())} (default: params.yaml's, else paper).",
+        ),
+    ],
+    "params": Annotated[
+        Path | None,
+        typer.Option("--params", help="A params.yaml with per-stage overrides (default: ./params.yaml when present)."),
+    ],
+    "device": Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")],
+    "batch_size": Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")],
+    "chunk_size": Annotated[int | None, typer.Option("--chunk-size", help="Rows per part file.")],
+    "retry_errors": Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")],
+    "executor": Annotated[
+        str,
+        typer.Option(
+            help="local (this process) | dask (a local cluster: one worker per GPU, or --workers CPU workers)."
+        ),
+    ],
+    "scheduler": Annotated[str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")],
+    "workers": Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")],
+    "verbose": Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")],
 }
 RUN = tuple(OPTIONS)  # the commands that run stages: caption .. distance, run, reproduce
 BASIC = ("data_dir", "profile", "params", "verbose")
@@ -139,7 +132,7 @@ def common(*names: str):
         }
         verbose = [shared.pop("verbose")] if "verbose" in shared else []
         params = []
-        for p in signature.parameters.values():
+        for p in signature.parameters.values():  # keyword-only: typer passes every option by name
             params += shared.values() if p.name == "opts" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
 
         @functools.wraps(command)
@@ -467,7 +460,7 @@ def _computed(rows: int) -> str:
     return "nothing recomputed: every stage was up to date" if rows == 0 else f"{rows} row(s) computed"
 
 
-def DatasetPaths(help: str) -> Any:  # noqa: N802 (used as a type, like the aliases above)
+def DatasetPaths(help: str) -> Any:  # noqa: N802 (used as a type annotation)
     """A repeatable dataset option of `item reproduce`: folders, zips or tars."""
     return Annotated[list[str] | None, typer.Option(help=help, metavar="PATH", show_default=False)]
 

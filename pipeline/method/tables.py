@@ -50,9 +50,7 @@ def load_tables(path: Path = PAPER_TABLES) -> tuple[tuple[PaperTable, ...], int]
         for name, group in data["columns"].items()
     }
     tables = tuple(
-        PaperTable(
-            t["key"], t["title"], tuple(t["metrics"]), columns[t["columns"]], tuple(t["mean"]), t["mean_label"]
-        )
+        PaperTable(t["key"], t["title"], tuple(t["metrics"]), columns[t["columns"]], tuple(t["mean"]), t["mean_label"])
         for t in data["tables"]
     )
     return tables, data["train_count"]
