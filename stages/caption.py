@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -11,17 +10,17 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.engine import schemas
-from pipeline.engine.config import ConfigError, as_dict, check_dtype
+from pipeline.engine.config import ConfigError, check_dtype
 from pipeline.engine.errors import RowError, error_fields
 from pipeline.engine.feature import FeatureStage
-from pipeline.engine.hub import resolve_revision
+from pipeline.engine.hub import HubModel
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import CAPTIONERS, Captioner, preprocessed, shared_backend
 
 
 @dataclass(frozen=True)
-class CaptionConfig:
+class CaptionConfig(HubModel):
     """Captioner. `model` is a hub id, a local directory, or `tiny/...` (random small model)."""
 
     backend: str = "blip2"  # blip2 | column (use the manifest's caption column)
@@ -33,14 +32,6 @@ class CaptionConfig:
     min_new_tokens: int = 0
     num_beams: int = 1
     seed: int = 0  # random init of tiny models
-
-    def identity(self) -> dict[str, Any]:
-        """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
-        return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
-
-    def pinned(self) -> CaptionConfig:
-        """This config with the revision resolved (what a worker is sent)."""
-        return dataclasses.replace(self, revision=resolve_revision(self.model, self.revision))
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "caption")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -10,17 +9,17 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.engine import schemas
-from pipeline.engine.config import ConfigError, as_dict, check_dtype
+from pipeline.engine.config import ConfigError, check_dtype
 from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
-from pipeline.engine.hub import resolve_revision
+from pipeline.engine.hub import HubModel
 from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.stage import STAGES
 from pipeline.models import GROUNDERS, Grounder, preprocessed, shared_backend
 
 
 @dataclass(frozen=True)
-class GroundConfig:
+class GroundConfig(HubModel):
     """Open-vocabulary detector prompted with the caption."""
 
     backend: str = "transformers"  # transformers | groundingdino-py
@@ -35,14 +34,6 @@ class GroundConfig:
     text_encoder: str | None = None  # groundingdino-py only: BERT hub id or local directory
     config_file: str | None = None  # groundingdino-py only: its model config (.py)
     seed: int = 0
-
-    def identity(self) -> dict[str, Any]:
-        """As configured, with a hub model's revision resolved to its commit (see engine/hub.py)."""
-        return {**as_dict(self), "revision": resolve_revision(self.model, self.revision)}
-
-    def pinned(self) -> GroundConfig:
-        """This config with the revision resolved (what a worker is sent)."""
-        return dataclasses.replace(self, revision=resolve_revision(self.model, self.revision))
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "ground")

@@ -11,16 +11,38 @@ its own clear line.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class HubModel:
+    """Mixin of a frozen config dataclass with `model` and `revision` fields: its identity and what
+    workers are sent carry the commit the revision resolves to here."""
+
+    model: str
+    revision: str | None
+
+    def identity(self) -> dict[str, Any]:
+        """As configured, with a hub model's revision resolved to its commit."""
+        return {**json.loads(json.dumps(dataclasses.asdict(self))), "revision": self.commit()}
+
+    def pinned(self) -> Any:
+        """This config with the revision resolved (what a worker is sent)."""
+        return dataclasses.replace(self, revision=self.commit())
+
+    def commit(self) -> str | None:
+        return resolve_revision(self.model, self.revision)
 
 
 def is_hub_id(model: str) -> bool:
