@@ -44,6 +44,9 @@ CAPTION = schemas.rows_schema(pa.field("caption", pa.string()))
 
 @STAGES.register
 class CaptionStage(FeatureStage):
+    """Caption every ingested image (BLIP-2 in the paper profile), batched; or copy the captions of a
+    list with caption.backend=column."""
+
     name = "caption"
     inputs = ("manifest",)
     driver_columns = ("path", "caption")

@@ -35,6 +35,9 @@ def distance_schema(dim: int) -> pa.Schema:
 
 @STAGES.register
 class DistanceStage(FeatureStage):
+    """Compute the misalignment vectors D_g, D_l (Eq. 3-7), n_objects and the cosines from the stored
+    embeddings."""
+
     name = "distance"
     inputs = ("embed",)
     config_class = DistanceConfig

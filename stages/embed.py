@@ -60,6 +60,9 @@ def embed_schema(dim: int) -> pa.Schema:
 
 @STAGES.register
 class EmbedStage(FeatureStage):
+    """Embed the image (centre-cropped), caption, each object crop and each phrase with the profile's
+    CLIP (paper: ViT-L/14, OpenAI weights); raw embeddings are stored."""
+
     name = "embed"
     # 2: the whole-image crop is torchvision's CenterCrop (rounding like the reference) and object crops
     # use open_clip's own preprocessing unless extreme: pixels differ from version 1 on some images.

@@ -56,6 +56,9 @@ GROUND = schemas.rows_schema(pa.field("objects", pa.list_(OBJECT)))
 
 @STAGES.register
 class GroundStage(FeatureStage):
+    """Find the objects each caption names with Grounding DINO (caption as prompt); rows hold (phrase,
+    box in pixels, score) per object."""
+
     name = "ground"
     inputs = ("caption", "manifest")
     driver_columns = ("caption",)

@@ -17,6 +17,7 @@ import typer
 from pipeline.app import demo as demo_recipe
 from pipeline.app.api import check_output, write_rows
 from pipeline.app.api import predict as run_predict
+from pipeline.app.plugins import load_plugins
 from pipeline.app.progress import ProgressBar
 from pipeline.app.reproduce import reproduce
 from pipeline.app.runner import compare, run_steps, stage_range, write_summary
@@ -24,9 +25,10 @@ from pipeline.app.runner import status as stage_status
 from pipeline.engine.config import PROFILES, load_params, resolve
 from pipeline.engine.errors import UsageError
 from pipeline.engine.executors import make_executor
-from pipeline.engine.feature import SystemicError
+from pipeline.engine.feature import IncompleteRunError, SystemicError, WorkerMismatchError
 from pipeline.engine.log import setup_logging
 from pipeline.engine.registry import UnknownNameError
+from pipeline.engine.stage import STAGES
 from pipeline.engine.store import LockedError, Store, StoreError, check_parts
 from pipeline.method.evaluation import format_tables
 from pipeline.method.protocol import Protocol
@@ -102,7 +104,12 @@ OPTIONS = {
         typer.Option("--params", help="A params.yaml with per-stage overrides (default: ./params.yaml when present)."),
     ],
     "device": Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")],
-    "batch_size": Annotated[int | None, typer.Option("--batch-size", help="Images per model call.")],
+    "batch_size": Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", help="Per model call: images (caption, ground) or crops (embed); default: each stage's."
+        ),
+    ],
     "chunk_size": Annotated[int | None, typer.Option("--chunk-size", help="Rows per part file.")],
     "retry_errors": Annotated[bool, typer.Option(help="Recompute the images whose rows are errors.")],
     "executor": Annotated[
@@ -112,7 +119,9 @@ OPTIONS = {
         ),
     ],
     "scheduler": Annotated[str | None, typer.Option(help="Run on an existing dask scheduler (tcp://host:8786).")],
-    "workers": Annotated[int | None, typer.Option(help="CPU workers of a local dask cluster.")],
+    "workers": Annotated[
+        int | None, typer.Option(help="Workers of a local dask cluster (default: one per GPU, else 2 CPU workers).")
+    ],
     "verbose": Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")],
 }
 RUN = tuple(OPTIONS)  # the commands that run stages: caption .. distance, run, reproduce
@@ -235,7 +244,7 @@ def _with_executor(opts: Common, body) -> None:
             runner.close()
 
 
-def _stage_command(name: str, doc: str):
+def _stage_command(name: str, doc: str) -> None:
     @common(*RUN)
     def command(opts: Common) -> None:
         config, store = _setup(opts)
@@ -274,25 +283,16 @@ def _params_inputs(params: Path | None) -> list[str]:
     return [str(i) for i in inputs]
 
 
-_stage_command(
-    "caption",
-    "Caption every ingested image (BLIP-2 in the paper profile), batched; "
-    "or copy the captions of a list with caption.backend=column.",
-)
-_stage_command(
-    "ground",
-    "Find the objects each caption names with Grounding DINO (caption as prompt); "
-    "rows hold (phrase, box in pixels, score) per object.",
-)
-_stage_command(
-    "embed",
-    "Embed the image (centre-cropped), caption, each object crop and each phrase with the profile's "
-    "CLIP (paper: ViT-L/14, OpenAI weights); raw embeddings are stored.",
-)
-_stage_command(
-    "distance",
-    "Compute the misalignment vectors D_g, D_l (Eq. 3-7), n_objects and the cosines from the stored embeddings.",
-)
+def stage_commands() -> None:
+    """A command for every registered per-image stage that has none yet (built-in or plugin), its help
+    the stage class's docstring: adding a stage adds its command."""
+    have = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for name in STAGES.feature_stages():
+        if name not in have:
+            _stage_command(name, inspect.getdoc(STAGES.get(name)) or f"Run the {name} stage.")
+
+
+stage_commands()
 
 
 @app.command("run")
@@ -603,8 +603,19 @@ def main() -> None:
     # What a user can act on is one line (with -v, its traceback too); any other exception is a bug
     # and keeps its traceback.
     try:
+        load_plugins()  # stages of other packages register themselves, and get their commands
+        stage_commands()
         app()
-    except (UsageError, UnknownNameError, StoreError, LockedError, SystemicError, FileNotFoundError) as e:
+    except (
+        UsageError,
+        UnknownNameError,
+        StoreError,
+        LockedError,
+        SystemicError,
+        IncompleteRunError,
+        WorkerMismatchError,
+        FileNotFoundError,
+    ) as e:
         log.debug("failed", exc_info=True)
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
