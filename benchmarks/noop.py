@@ -13,6 +13,7 @@ from typing import Any
 
 import stages  # noqa: F401  (registers the built-in stages: their default configs are the paper's)
 from pipeline.engine.stage import STAGES
+from pipeline.models.captioners import Pixels
 from pipeline.models.clip import ClipEncoder, embed_dim
 from pipeline.models.grounders import TransformersGroundingDino, prompt_of
 
@@ -31,7 +32,8 @@ def noop_objects(width: int, height: int) -> list[dict[str, Any]]:
 
 
 class NoopCaptioner:
-    """BLIP-2's image processor (224 px, CLIP mean and std), then a fixed caption instead of `generate`."""
+    """BLIP-2's image processor (224 px, CLIP mean and std, ahead of the model like the real
+    captioner's), then a fixed caption instead of `generate`."""
 
     reads = "image"
 
@@ -50,8 +52,13 @@ class NoopCaptioner:
     def load(self) -> None:
         _ = self.processor
 
+    def preprocessor(self) -> Pixels:
+        return Pixels(self.processor)
+
     def caption(self, images: list) -> list[str | None]:
-        self.processor(images=images, return_tensors="pt")
+        raw = [im for im in images if not hasattr(im, "shape")]  # what preprocessing could not do ahead
+        if raw:
+            self.processor(images=raw, return_tensors="pt")
         return [CAPTION] * len(images)
 
 

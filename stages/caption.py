@@ -15,8 +15,9 @@ from pipeline.engine.errors import RowError, error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.hub import HubModel
 from pipeline.engine.imageio import ImageDecodeError
+from pipeline.engine.inputs import ImageRows, image_only
 from pipeline.engine.stage import STAGES
-from pipeline.models import CAPTIONERS, Captioner, preprocessed, shared_backend
+from pipeline.models import CAPTIONERS, Captioner, shared_backend
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class CaptionStage(FeatureStage):
     inputs = ("manifest",)
     driver_columns = ("path", "caption")
     config_class = CaptionConfig
+    reads_images = True
     default_batch_size = 64  # images per call: BLIP-2's decoding is launch-bound, larger batches amortise it
     schema = CAPTION
 
@@ -61,12 +63,19 @@ class CaptionStage(FeatureStage):
     def setup(self) -> None:
         self.captioner.load()
 
+    def preparer(self) -> ImageRows | None:
+        """Decoded images, preprocessed for the model when the captioner can do that ahead of its call
+        (None: the captioner reads the list's captions, see `prepare`)."""
+        if self.captioner.reads == "caption":
+            return None
+        pixels = getattr(self.captioner, "preprocessor", lambda: None)()
+        return self.image_rows(image_only(pixels) if pixels is not None else None)
+
     def prepare(self, batch: pa.Table) -> list[Any]:
-        """What the captioner reads: decoded images (preprocessed for the model when the captioner can
-        do that ahead of its call), or the manifest's caption text."""
+        """What the captioner reads: decoded (and preprocessed) images, or the manifest's caption text."""
         if self.captioner.reads == "caption":
             return batch.column("caption").to_pylist()
-        return [preprocessed(self.captioner, image) for image in self.load_images(batch)]
+        return super().prepare(batch)
 
     def process(self, batch: pa.Table, inputs: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

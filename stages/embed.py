@@ -15,6 +15,7 @@ from pipeline.engine.config import ConfigError, check_dtype
 from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.imageio import ImageDecodeError
+from pipeline.engine.inputs import ImageRows
 from pipeline.engine.stage import STAGES
 from pipeline.models import ENCODERS, Encoder, shared_backend
 from pipeline.models.clip import embed_dim
@@ -58,6 +59,17 @@ def embed_schema(dim: int) -> pa.Schema:
     )
 
 
+@dataclass(frozen=True)
+class CropsAndImage:
+    """An image's CLIP inputs: the whole image and each object's crop (picklable: transforms only)."""
+
+    pixels: Any  # pipeline.models.clip.ClipPixels
+
+    def __call__(self, image, row: dict[str, Any]) -> tuple[Any, list[Any]]:
+        crops = [self.pixels.crop(crop_box(image, obj["box"])) for obj in row["objects"] or []]
+        return self.pixels.whole(image), crops
+
+
 @STAGES.register
 class EmbedStage(FeatureStage):
     """Embed the image (centre-cropped), caption, each object crop and each phrase with the profile's
@@ -69,6 +81,7 @@ class EmbedStage(FeatureStage):
     version = 2
     inputs = ("ground", "caption", "manifest")
     config_class = EmbedConfig
+    reads_images = True
     default_batch_size = 512  # crops (and texts) per CLIP call; peers use 256-1024
     driver_columns = ("objects",)
     lookup_columns = {"caption": ("caption",), "manifest": ("path",)}
@@ -84,17 +97,9 @@ class EmbedStage(FeatureStage):
     def setup(self) -> None:
         self.encoder.load()
 
-    def prepare(self, batch: pa.Table) -> list[Any]:
+    def preparer(self) -> ImageRows:
         """Per row: the whole-image tensor and one tensor per object crop, or the decode error."""
-        images = self.load_images(batch)
-        prepared: list[Any] = []
-        for image, objects in zip(images, batch.column("objects").to_pylist(), strict=True):
-            if isinstance(image, ImageDecodeError):
-                prepared.append(image)
-                continue
-            crops = [self.encoder.crop_transform(crop_box(image, obj["box"])) for obj in objects or []]
-            prepared.append((self.encoder.image_transform(image), crops))
-        return prepared
+        return self.image_rows(CropsAndImage(self.encoder.preprocessor()), columns=("objects",), fallback=False)
 
     def process(self, batch: pa.Table, prepared: list[Any] | None = None) -> list[dict[str, Any]]:
         import torch

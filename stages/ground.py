@@ -14,8 +14,9 @@ from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.hub import HubModel
 from pipeline.engine.imageio import ImageDecodeError
+from pipeline.engine.inputs import ImageRows, image_only
 from pipeline.engine.stage import STAGES
-from pipeline.models import GROUNDERS, Grounder, preprocessed, shared_backend
+from pipeline.models import GROUNDERS, Grounder, shared_backend
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class GroundStage(FeatureStage):
     driver_columns = ("caption",)
     lookup_columns = {"manifest": ("path", "width", "height")}
     config_class = GroundConfig
+    reads_images = True
     schema = GROUND
 
     @cached_property
@@ -83,9 +85,10 @@ class GroundStage(FeatureStage):
         keys = [shape_of(w, h) if w and h else (0, 0) for w, h in sizes]
         return rows.take(pa.array(sorted(range(len(keys)), key=keys.__getitem__), pa.int64()))
 
-    def prepare(self, batch: pa.Table) -> list[Any] | None:
+    def preparer(self) -> ImageRows:
         """Decoded images, preprocessed for the model when the grounder can do that ahead of its call."""
-        return [preprocessed(self.grounder, image) for image in self.load_images(batch)]
+        pixels = getattr(self.grounder, "preprocessor", lambda: None)()
+        return self.image_rows(image_only(pixels) if pixels is not None else None)
 
     def process(self, batch: pa.Table, images: list[Any] | None = None) -> list[dict[str, Any]]:
         ids = batch.column("image_id").to_pylist()

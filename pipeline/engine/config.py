@@ -41,7 +41,10 @@ class RuntimeConfig:
     # for an 80 GB GPU (Stage.default_batch_size); `batch_sizes` sets single stages ({embed: 1024}).
     batch_size: int | None = None
     batch_sizes: dict[str, int] = field(default_factory=dict)
-    loader_threads: int = 2  # threads decoding images
+    loader_threads: int = 2  # threads decoding images (in each feed worker, or in this process)
+    # Processes preparing batches (decode, preprocess) ahead of the model. None: on an accelerator, the
+    # cores for each GPU less one (at most 8); on a CPU none (the model keeps every core busy). 0: none.
+    feed_workers: int | None = None
     # Prepare the next batch (decode, preprocess) in a thread while the model runs: auto = on an
     # accelerator only (on a CPU the thread takes cores from the model); on | off to choose.
     prefetch: str = "auto"
@@ -49,6 +52,8 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or (self.batch_size is not None and self.batch_size < 1) or self.loader_threads < 1:
             raise ConfigError("runtime.chunk_size, batch_size and loader_threads must be >= 1")
+        if self.feed_workers is not None and self.feed_workers < 0:
+            raise ConfigError("runtime.feed_workers must be >= 0")
         bad = {k: v for k, v in self.batch_sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if bad:
             raise ConfigError(f"runtime.batch_sizes must map stage names to integers >= 1, got {bad}")

@@ -27,3 +27,17 @@ def resolve_device(device: str) -> str:
             seen = f"{count} CUDA device(s)" if count else "no CUDA device (torch.cuda.is_available() is False)"
             raise UsageError(f"--device {device}: torch sees {seen}; use --device cpu, or auto")
     return device
+
+
+CORES_ENV = "ITEM_CORES_PER_GPU"  # set on each local GPU worker by the executor: its share of the cores
+
+
+def cores_per_gpu() -> int:
+    """The CPU cores one GPU's feed may use: the executor's share for this worker, else this process's
+    cores over the GPUs torch sees."""
+    if os.environ.get(CORES_ENV):
+        return int(os.environ[CORES_ENV])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    import torch
+
+    return max(1, cores // max(1, torch.cuda.device_count()))

@@ -9,9 +9,11 @@ configuration, and each worker builds the stage (and loads its model) once.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from pipeline.engine.devices import CORES_ENV
 from pipeline.engine.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -36,12 +38,18 @@ def gpu_cluster(devices: list[str]) -> Any:
     """A local cluster of one single-threaded worker per GPU, each seeing only its own device through
     `CUDA_VISIBLE_DEVICES` set in its environment at start, so a worker its nanny restarts keeps its
     GPU (a pin set afterwards by `client.run` would be lost). dask-cuda's LocalCUDACluster when it is
-    installed (it also sets CPU affinity and UCX); else the same specification with plain nannies."""
+    installed (it also sets CPU affinity and UCX); else the same specification with plain nannies.
+    Each worker is told its share of the cores (for its feed processes)."""
+    share = max(1, (os.cpu_count() or 1) // max(1, len(devices)))
     try:
         from dask_cuda import LocalCUDACluster
 
         return LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=1, resources={GPU: 1}, dashboard_address=None
+            CUDA_VISIBLE_DEVICES=",".join(devices),
+            threads_per_worker=1,
+            resources={GPU: 1},
+            dashboard_address=None,
+            env={CORES_ENV: str(share)},
         )
     except ImportError:
         from dask.distributed import Nanny, Scheduler, SpecCluster
@@ -49,7 +57,11 @@ def gpu_cluster(devices: list[str]) -> Any:
         workers = {
             f"gpu-{d}": {
                 "cls": Nanny,
-                "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": d}, "resources": {GPU: 1}},
+                "options": {
+                    "nthreads": 1,
+                    "env": {"CUDA_VISIBLE_DEVICES": d, CORES_ENV: str(share)},
+                    "resources": {GPU: 1},
+                },
             }
             for d in devices
         }

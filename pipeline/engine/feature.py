@@ -29,7 +29,7 @@ import pyarrow as pa
 from pipeline.engine import batches, devices, errors, inputs, keyindex, resume
 from pipeline.engine.config import pinned
 from pipeline.engine.executors import Executor, InProcessExecutor
-from pipeline.engine.imageio import DEFAULT_MAX_PIXELS, load_images
+from pipeline.engine.imageio import DEFAULT_MAX_PIXELS
 from pipeline.engine.progress import Progress
 from pipeline.engine.schemas import STATUS_ERROR, STATUS_OK
 from pipeline.engine.stage import MANIFEST, STAGES, ChunkResult, RunStats, Stage, part_summary
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SystemicError = batches.SystemicError  # what stops a run (the CLI prints it as one line)
 PASSES = 3  # passes over the work before images still without a row fail the run
+ORDER_WINDOW = 16  # chunks read together and sorted by a stage's batch_order before they are cut
 
 
 class IncompleteRunError(RuntimeError):
@@ -57,6 +58,7 @@ class FeatureStage(Stage):
     """
 
     per_image = True
+    reads_images: ClassVar[bool] = False  # its batches are prepared from image files (a feed can help)
     default_batch_size: ClassVar[int] = 16  # per model call, on an 80 GB GPU (runtime.batch_sizes overrides)
     driver_columns: ClassVar[tuple[str, ...]] = ()
     lookup_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -77,12 +79,23 @@ class FeatureStage(Stage):
     def setup(self) -> None:
         """Load what the stage needs (models) before its first chunk; a failure here stops the run."""
 
-    def prepare(self, batch: pa.Table) -> list[Any] | None:
-        """CPU work for a batch (decode, preprocess), one item per row, run ahead in a loader thread.
-
-        Its result is passed to `process(batch, prepared)`; None (the default) calls `process(batch)`.
-        """
+    def preparer(self) -> inputs.ImageRows | None:
+        """What prepares a batch for `process` (CPU work: read, decode, preprocess), picklable so that
+        feed processes can run it; None: nothing to prepare. Called after `setup` (it may carry the
+        loaded model's processors, never the model)."""
         return None
+
+    def prepare(self, batch: pa.Table) -> list[Any] | None:
+        """One prepared item per row, passed to `process(batch, prepared)`; None calls `process(batch)`."""
+        preparer = self.preparer()
+        return preparer(batch) if preparer is not None else None
+
+    def image_rows(self, transform=None, columns: tuple[str, ...] = (), fallback: bool = True) -> inputs.ImageRows:
+        """An ImageRows with this run's pixel limit (the one the manifest's writer checked files against:
+        its config's `max_image_pixels`, so a stage never decodes what ingest would have refused)."""
+        limits = self.pipeline.stages.get(STAGES.producer(MANIFEST))
+        max_pixels = getattr(limits, "max_image_pixels", DEFAULT_MAX_PIXELS)
+        return inputs.ImageRows(max_pixels, self.runtime.loader_threads, transform, columns, fallback)
 
     def summary(self) -> dict[str, Any]:
         return part_summary(self.name, self.fingerprint, self.store.features(self.name, self.fingerprint))
@@ -123,6 +136,7 @@ class FeatureStage(Stage):
             with out.lock(f"{self.name} [{self.fingerprint}]"):
                 return self._run_locked(ids, executor, progress, retry_errors)
         except BaseException:
+            self.close_feed()
             # A run that failed before its first part (a model that cannot load) leaves no empty
             # configuration folder behind for `status` to list.
             if new and not out.parts():
@@ -132,6 +146,8 @@ class FeatureStage(Stage):
                     out.path.rmdir()
                     out.path.parent.rmdir()  # features/<stage>/, if this was its only configuration
             raise
+        finally:
+            self.close_feed()
 
     def _run_locked(self, ids, executor, progress, retry_errors: bool) -> RunStats:
         start = time.perf_counter()
@@ -181,7 +197,10 @@ class FeatureStage(Stage):
     def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
         """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""
         dirs = {name: self.input_dir(name) for name in (self.inputs[0], *self.lookup_columns)}
-        yield from inputs.chunks(dirs, self.inputs[0], self.driver_columns, self.lookup_columns, todo, self.chunk_size)
+        order = self.batch_order if type(self).batch_order is not FeatureStage.batch_order else None
+        yield from inputs.chunks(
+            dirs, self.inputs[0], self.driver_columns, self.lookup_columns, todo, self.chunk_size, order, ORDER_WINDOW
+        )
 
     def run_chunk(self, item: tuple[str, pa.Table], on_rows: Callable[[int], None] | None = None) -> ChunkResult:
         """Compute one chunk and write it as one part file named `item[0]` (what an executor's worker runs).
@@ -198,7 +217,7 @@ class FeatureStage(Stage):
         good = self.batch_order(good)
         step = self.sizer.current
         work = [good.slice(start, step) for start in range(0, good.num_rows, step)]
-        for batch, prepared in inputs.prefetched(work, self.prepare, self._prefetch()):
+        for batch, prepared in self._prepared(work):
             out.append(
                 batches.run_isolated(self._process_table, batch, prepared, self._failed_row, self.name, self.sizer)
             )
@@ -224,32 +243,45 @@ class FeatureStage(Stage):
         error = errors.RowError("model_error", f"{type(e).__name__}: {e}")
         return self._rows_table([{"image_id": image_id, **errors.error_fields(error)}])
 
+    def _prepared(self, work: list[pa.Table]) -> Iterator[tuple[pa.Table, list[Any] | None]]:
+        """The batches with what `prepare` makes of them: from the feed processes when there are any,
+        else the next one in a thread while the model works on this one, else in line."""
+        workers = self._feed_workers()
+        if workers and self.preparer() is not None:
+            if self._feed is None:
+                self._feed = inputs.Feed(self.preparer(), workers)
+            return self._feed.map(work)
+        return inputs.prefetched(work, self.prepare, self._prefetch())
+
+    _feed: inputs.Feed | None = None
+
+    def close_feed(self) -> None:
+        """Stop the feed processes (after a run; a dask worker's cached stage keeps its feed)."""
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+
+    def _feed_workers(self) -> int:
+        """runtime.feed_workers, or on an accelerator the cores for each GPU less one (at most 8)."""
+        if self.runtime.feed_workers is not None:
+            return self.runtime.feed_workers
+        if not self.reads_images or devices.resolve_device(self.runtime.device) == "cpu":
+            return 0
+        return max(1, min(8, devices.cores_per_gpu() - 1))
+
     def _prefetch(self) -> bool:
         """`auto`: with an accelerator. On a CPU the model already keeps every core busy and a loader
         thread only takes cores from it (the embed stage ran 5% slower with one on 2 cores)."""
         if self.runtime.prefetch != "auto":
             return self.runtime.prefetch == "on"
-        if type(self).prepare is FeatureStage.prepare:  # nothing to prepare (distance): no torch import
+        if not self.reads_images:  # nothing to prepare (distance): no torch import
             return False
         return devices.resolve_device(self.runtime.device) != "cpu"
 
-    def load_images(self, batch: pa.Table) -> list[Any]:
-        """The batch's images (RGB), each checked against its image_id, or the error in its place.
-
-        The pixel limit is the one the manifest's writer checked files against (its config's
-        `max_image_pixels`), so a stage never decodes what ingest would have refused.
-        """
-        limits = self.pipeline.stages.get(STAGES.producer(MANIFEST))
-        return load_images(
-            batch.column("path").to_pylist(),
-            batch.column("image_id").to_pylist(),
-            getattr(limits, "max_image_pixels", DEFAULT_MAX_PIXELS),
-            self.runtime.loader_threads,
-        )
-
     def batch_order(self, rows: pa.Table) -> pa.Table:
-        """The chunk's rows in the order they are batched (rows are keyed: results do not depend on it).
-        A stage whose model wants like inputs together (one resized shape) sorts them here."""
+        """Rows in the order they are batched (rows are keyed: results do not depend on it). A stage
+        whose model wants like inputs together (one resized shape) sorts them here: applied to windows
+        of ORDER_WINDOW chunks before they are cut into chunks, and to each chunk's rows."""
         return rows
 
     @property

@@ -4,16 +4,29 @@ The first input drives (its rows are the work); small columns of the other input
 image_id. Each input's status columns are prefixed with its name (`caption.status`,
 `caption.error_kind`, ...) so a row that failed upstream becomes this stage's error row, carrying
 the upstream kind and stage, without reaching the model.
+
+Preparing a batch (reading, the id check, decoding, the model's preprocessing) is CPU work done
+ahead of the model: in line, in one thread (`prefetched`), or in a pool of worker processes
+(`Feed`) that stays alive across chunks and keeps several batches in flight, so the main process
+only feeds the model. What a worker runs is an `ImageRows`: picklable, it carries the model's
+preprocessing (processors and transforms), never the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.probe import exit_with_parent
 from pipeline.engine.schemas import ERROR_COLUMNS, STATUS_ERROR, STATUS_OK
 from pipeline.engine.store import PartDir, part_name
 
@@ -27,18 +40,28 @@ def chunks(
     lookup_columns: dict[str, tuple[str, ...]],
     todo: set[str],
     chunk_size: int,
+    order: Callable[[pa.Table], pa.Table] | None = None,
+    window: int = 1,
 ) -> Iterator[tuple[str, pa.Table]]:
     """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in).
 
     Args:
         dirs: each input's folder, by input name.
         driver: the input whose rows are the work.
+        order: sorts a window of `window` chunks' rows before they are cut into chunks (like inputs
+            together: full model calls); memory stays bounded by the window.
     """
     lookups = {
         name: dirs[name].read(["image_id", *STATUS_COLUMNS, *cols], ids=todo) for name, cols in lookup_columns.items()
     }
-    for chunk in dirs[driver].iter_rows(["image_id", *STATUS_COLUMNS, *driver_columns], todo, chunk_size):
-        yield part_name(chunk.column("image_id").to_pylist()), _join(_prefix_status(chunk, driver), lookups)
+    step = chunk_size * (window if order is not None else 1)
+    for rows in dirs[driver].iter_rows(["image_id", *STATUS_COLUMNS, *driver_columns], todo, step):
+        rows = _join(_prefix_status(rows, driver), lookups)
+        if order is not None:
+            rows = order(rows)
+        for start in range(0, rows.num_rows, chunk_size):
+            chunk = rows.slice(start, chunk_size)
+            yield part_name(chunk.column("image_id").to_pylist()), chunk
 
 
 def _join(chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
@@ -108,3 +131,103 @@ def prefetched(
             if k + 1 < len(batches):
                 pending = loader.submit(prepare, batches[k + 1])
             yield batch, prepared
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """A batch's images read and checked against their ids (engine/imageio.py), each made the model's
+    input by `transform(image, row)`; a file that fails gives its error in its place. Picklable.
+
+    Args:
+        max_pixels: the decompression-bomb limit.
+        threads: decoding threads.
+        transform: (RGB image, the row's `columns` as a dict) -> what the model takes.
+        columns: the batch's columns `transform` reads (besides the image).
+        fallback: a transform that raises passes the image on as it is (the model call then
+            preprocesses it again and reports the failure on its own row).
+    """
+
+    max_pixels: int
+    threads: int
+    transform: Callable[[Any, dict[str, Any]], Any] | None = None
+    columns: tuple[str, ...] = ()
+    fallback: bool = True
+
+    def __call__(self, batch: pa.Table) -> list[Any]:
+        images = load_images(
+            batch.column("path").to_pylist(), batch.column("image_id").to_pylist(), self.max_pixels, self.threads
+        )
+        if self.transform is None:
+            return images
+        rows = batch.select(list(self.columns)).to_pylist() if self.columns else [{}] * batch.num_rows
+        return [self._one(image, row) for image, row in zip(images, rows, strict=True)]
+
+    def _one(self, image: Any, row: dict[str, Any]) -> Any:
+        if isinstance(image, ImageDecodeError):
+            return image
+        if not self.fallback:
+            return self.transform(image, row)
+        try:
+            return self.transform(image, row)
+        except Exception:
+            return image
+
+
+def image_only(transform: Callable[[Any], Any]) -> Callable[[Any, dict[str, Any]], Any]:
+    """An image-to-input transform as an ImageRows transform (picklable)."""
+    return _ImageOnly(transform)
+
+
+@dataclass(frozen=True)
+class _ImageOnly:
+    transform: Callable[[Any], Any]
+
+    def __call__(self, image: Any, row: dict[str, Any]) -> Any:
+        return self.transform(image)
+
+
+_WORKER_PREPARE: Callable[[pa.Table], list[Any]] | None = None
+
+
+def _install(prepare: Callable[[pa.Table], list[Any]], parent: int) -> None:
+    global _WORKER_PREPARE
+    _WORKER_PREPARE = prepare
+    if "torch" in sys.modules:  # one core per feed worker: the pool is the parallelism
+        sys.modules["torch"].set_num_threads(1)
+    exit_with_parent(parent)
+
+
+def _prepare_in_worker(batch: pa.Table) -> list[Any]:
+    return _WORKER_PREPARE(batch)
+
+
+class Feed:
+    """Batches prepared in `workers` processes, up to `depth` batches ahead of the model, in order.
+
+    The pool starts once (spawned: a fork of a process holding torch threads can deadlock) and lives
+    until `close`, across chunks; each worker gets `prepare` once, at start.
+    """
+
+    def __init__(self, prepare: Callable[[pa.Table], list[Any]], workers: int, depth: int | None = None) -> None:
+        self.workers = workers
+        self.depth = depth or 2 * workers
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_install,
+            initargs=(prepare, os.getpid()),
+        )
+
+    def map(self, batches: Iterable[pa.Table]) -> Iterator[tuple[pa.Table, list[Any]]]:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, self._pool.submit(_prepare_in_worker, batch)))
+            if len(pending) >= self.depth:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

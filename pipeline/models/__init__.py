@@ -19,7 +19,6 @@ from typing import Any, ClassVar, Protocol
 from pipeline.engine.devices import resolve_device  # noqa: F401 (backends import it from here)
 from pipeline.engine.errors import UsageError
 from pipeline.engine.hub import hub_cache_dir, is_hub_id, resolve_revision
-from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.registry import Registry
 
 # Model loads in this process, by backend: a dask worker must show one per model however many chunks it ran.
@@ -136,19 +135,6 @@ def loading(stage: str, model: str, revision: str | None = None) -> Iterator[Non
             f"`{stage}.model` in params.yaml to a local directory; `--profile tiny` runs offline with small "
             "random-weight models."
         ) from e
-
-
-def preprocessed(backend: Any, image: Any) -> Any:
-    """`backend.preprocess(image)` when the backend has one (CPU work for the stage's loader thread),
-    else the image. A decode error stays as it is; an image that fails here is passed on as it is,
-    so the model call preprocesses it again and reports the failure on its own row."""
-    preprocess = getattr(backend, "preprocess", None)
-    if preprocess is None or isinstance(image, ImageDecodeError):
-        return image
-    try:
-        return preprocess(image)
-    except Exception:
-        return image
 
 
 def torch_dtype(name: str):

@@ -9,6 +9,16 @@ from pipeline.models.base import TransformersBackend
 from pipeline.models.settings import CaptionSettings
 
 
+class Pixels:
+    """An image processor's pixels for one image (picklable: the processor, not the model)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, image) -> Any:
+        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+
 class TransformersCaptioner(TransformersBackend):
     """A transformers image-to-text model, greedy or beam generation, batched.
 
@@ -35,13 +45,12 @@ class TransformersCaptioner(TransformersBackend):
     def _adapt(self, processor: Any) -> None:
         """Fix what this transformers version gets wrong about a loaded processor (nothing by default)."""
 
-    def preprocess(self, image) -> Any:
-        """Without a prompt (the paper's unconditional captions), the image as the model takes it:
-        CPU work the stage runs in its loader thread. With one, the image itself: the processor makes
-        the image and its prompt's tokens together (image tokens, LLaVA's expansion)."""
-        if self.prompt():
-            return image
-        return self._loaded[1].image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    def preprocessor(self) -> Pixels | None:
+        """Without a prompt (the paper's unconditional captions), what makes an image the model's input:
+        CPU work the stage runs ahead of the model (a loader thread, or feed processes: it pickles
+        without the model). With one, None: the processor makes the image and its prompt's tokens
+        together (image tokens, LLaVA's expansion)."""
+        return None if self.prompt() else Pixels(self._loaded[1].image_processor)
 
     def caption(self, images: list) -> list[str | None]:
         """Captions for a batch of RGB PIL images (or what `preprocess` made of them), stripped of
@@ -54,7 +63,7 @@ class TransformersCaptioner(TransformersBackend):
         if prompt:
             inputs = processor(images=images, text=[prompt] * len(images), padding=True, return_tensors="pt")
         else:  # the same pixels the processor gives a batch: its image processor works image by image
-            pixels = [im if isinstance(im, torch.Tensor) else self.preprocess(im) for im in images]
+            pixels = [im if isinstance(im, torch.Tensor) else self.preprocessor()(im) for im in images]
             inputs = BatchFeature({"pixel_values": torch.stack(pixels)})
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)

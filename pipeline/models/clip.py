@@ -54,6 +54,44 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
+class ClipPixels:
+    """CLIP's inputs from images, the way the embed stage makes them (picklable: transforms only).
+
+    Args:
+        preprocess: open_clip's eval transform for the model (resize the short side, centre crop,
+            normalise).
+        size: the model's input size.
+        image_crop: `center` (the paper: a plain centre crop of the whole image) or `resize_center`.
+    """
+
+    def __init__(self, preprocess: Any, size: int, image_crop: str) -> None:
+        from torchvision import transforms as T
+
+        self.preprocess = preprocess
+        self.size = size
+        self.image_crop = image_crop
+        normalize = [t for t in preprocess.transforms if isinstance(t, T.Normalize)][0]
+        self.normalize = T.Compose([T.ToTensor(), normalize])
+
+    def whole(self, image):
+        """The whole image: the paper's plain centre crop at the input size (torchvision's CenterCrop,
+        so the same pixels as the reference), or open_clip's resize-then-crop (`image_crop:
+        resize_center`). An image smaller than the input size on a side is resized the open_clip way."""
+        from torchvision import transforms as T
+
+        if self.image_crop == "center" and min(image.size) >= self.size:
+            return self.normalize(T.CenterCrop(self.size)(image))
+        return self.crop(image)
+
+    def crop(self, image):
+        """An object crop: open_clip's own preprocessing (resize the short side, centre crop,
+        normalise); past MAX_RESIZE_FIRST_ASPECT, crop first (see `square_resize`)."""
+        w, h = image.size
+        if max(w, h) <= MAX_RESIZE_FIRST_ASPECT * min(w, h):
+            return self.preprocess(image)
+        return self.normalize(square_resize(image, self.size))
+
+
 @ENCODERS.register("open_clip")
 class ClipEncoder:
     """open_clip model, tokenizer and the two image transforms the embed stage uses.
@@ -103,30 +141,19 @@ class ClipEncoder:
         size = self._loaded[0].visual.image_size
         return int(size[0] if isinstance(size, tuple | list) else size)
 
-    @cached_property
-    def _normalize(self):
-        from torchvision import transforms as T
+    def preprocessor(self) -> ClipPixels:
+        """The two image transforms, without the model (picklable, for the stage's feed processes)."""
+        return self._pixels
 
-        return T.Compose([T.ToTensor(), [t for t in self._loaded[1].transforms if isinstance(t, T.Normalize)][0]])
+    @cached_property
+    def _pixels(self) -> ClipPixels:
+        return ClipPixels(self._loaded[1], self.input_size, self.cfg.image_crop)
 
     def image_transform(self, image):
-        """The whole image: the paper's plain centre crop at the input size (torchvision's CenterCrop,
-        so the same pixels as the reference), or open_clip's resize-then-crop (`image_crop:
-        resize_center`). An image smaller than the input size on a side is resized the open_clip way."""
-        from torchvision import transforms as T
-
-        size = self.input_size
-        if self.cfg.image_crop == "center" and min(image.size) >= size:
-            return self._normalize(T.CenterCrop(size)(image))
-        return self.crop_transform(image)
+        return self.preprocessor().whole(image)
 
     def crop_transform(self, image):
-        """An object crop: open_clip's own preprocessing (resize the short side, centre crop,
-        normalise); past MAX_RESIZE_FIRST_ASPECT, crop first (see `square_resize`)."""
-        w, h = image.size
-        if max(w, h) <= MAX_RESIZE_FIRST_ASPECT * min(w, h):
-            return self._loaded[1](image)
-        return self._normalize(square_resize(image, self.input_size))
+        return self.preprocessor().crop(image)
 
     def encode_images(self, batch) -> Any:
         """Raw (unnormalised) image embeddings, float32 on the CPU."""

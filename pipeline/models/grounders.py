@@ -80,6 +80,19 @@ def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> lis
     return kept[:max_objects]
 
 
+class GroundingPixels:
+    """An image as Grounding DINO takes it: padded to MAX_ASPECT, resized, normalised (picklable)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, image) -> Prepared:
+        padded = pad_to_aspect(image)
+        encoded = self.image_processor(images=[padded], return_tensors="pt")
+        pixels, mask = encoded["pixel_values"][0], encoded["pixel_mask"][0]
+        return Prepared(pixels, mask, image.width, image.height, (padded.height, padded.width))
+
+
 @GROUNDERS.register("transformers")
 class TransformersGroundingDino(TransformersBackend):
     """Grounding DINO through transformers (`GroundingDinoForObjectDetection`), batched; built from
@@ -96,18 +109,12 @@ class TransformersGroundingDino(TransformersBackend):
             "longest_edge": self.cfg.longest_edge,
         }
 
-    def preprocess(self, image) -> Prepared:
-        """The image as the model takes it (padded to MAX_ASPECT, resized, normalised): CPU work the
-        stage runs in its loader thread while the model works on the previous batch."""
-        padded = pad_to_aspect(image)
-        encoded = self._loaded[1].image_processor(images=[padded], return_tensors="pt")
-        return Prepared(
-            encoded["pixel_values"][0],
-            encoded["pixel_mask"][0],
-            image.width,
-            image.height,
-            (padded.height, padded.width),
-        )
+    def preprocessor(self) -> GroundingPixels:
+        """What makes an image the model's input (CPU work the stage runs ahead of the model; it
+        pickles without the model, for feed processes)."""
+        return GroundingPixels(self._loaded[1].image_processor)
+
+
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
         """Objects per image (an RGB image, or what `preprocess` made of one). Images are run together
@@ -115,7 +122,7 @@ class TransformersGroundingDino(TransformersBackend):
         padded to its largest, and the backbone would see that padding, so an image's objects would
         depend on its batch mates (and on batch size, chunking, resume point and executor). Bucketing
         keeps every image's result its own."""
-        items = [im if isinstance(im, Prepared) else self.preprocess(im) for im in images]
+        items = [im if isinstance(im, Prepared) else self.preprocessor()(im) for im in images]
         buckets: dict[tuple[int, ...], list[int]] = {}
         for k, item in enumerate(items):
             buckets.setdefault(tuple(item.pixel_values.shape), []).append(k)

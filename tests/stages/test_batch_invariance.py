@@ -41,11 +41,19 @@ def mixed(tmp_path_factory):
 
 
 def compute(
-    tmp_path, images, name: str, batch_size: int, chunk_size: int, resume=False, executor=None, prefetch="auto"
+    tmp_path,
+    images,
+    name: str,
+    batch_size: int,
+    chunk_size: int,
+    resume=False,
+    executor=None,
+    prefetch="auto",
+    feed_workers=None,
 ):
     """Every model stage's rows for one way of batching, as {stage: frame sorted by image_id}."""
     store = Store(tmp_path / name)
-    config = tiny(batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch)
+    config = tiny(batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch, feed_workers=feed_workers)
     run_stage("ingest", config, store, inputs=[images])
     for stage in STAGES:
         if resume:  # a run stopped after a few images, then resumed
@@ -98,6 +106,8 @@ def test_rows_are_the_same_for_batch_sizes_chunkings_resume_and_dask(tmp_path, m
             tmp_path, mixed, "b3", batch_size=3, chunk_size=4, resume=True, prefetch="on"
         ),
         "b8-c3": compute(tmp_path, mixed, "b8", batch_size=8, chunk_size=3),
+        # batches prepared in two feed processes, alive across chunks
+        "b2-c4-feed2": compute(tmp_path, mixed, "feed", batch_size=2, chunk_size=4, feed_workers=2),
     }
     executor = DaskExecutor(workers=2)
     try:
