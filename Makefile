@@ -20,7 +20,7 @@ OPTS = --data-dir $(DATA) $(if $(PROFILE),--profile $(PROFILE))
 # The environment's bin first on PATH: `dvc`, `item` and `python3` are the project's (dvc.yaml calls python3).
 OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: help install demo test bench smoke-paper reproduce soak lint ingest caption ground embed distance fit evaluate report status check clean-demo
+.PHONY: help install demo test bench gpu-check gpu-wheels smoke-paper reproduce soak lint ingest caption ground embed distance fit evaluate report status check clean-demo
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,24 @@ reproduce: $(ENV_STAMP) ## the paper's Tables I-III: make reproduce CNNDETECTION
 	$(ITEM) reproduce --cnndetection $(CNNDETECTION) $(if $(UFD),--ufd $(UFD)) \
 		$(if $(DIFFUSIONFORENSICS),--diffusionforensics $(DIFFUSIONFORENSICS)) $(if $(GENIMAGE),--genimage $(GENIMAGE)) \
 		--train-count $(TRAIN_COUNT) $(OPTS)
+
+# What a GPU machine without a package registry lacks for `make gpu-check` (Python 3.12 wheels, one version
+# each, the versions of this environment): `make gpu-wheels` here, then carry .whl/ to that machine.
+GPU_WHEELS = polars polars-runtime-32 open_clip_torch ftfy wcwidth regex dask distributed cloudpickle toolz partd \
+	locket msgpack sortedcontainers tblib zict tornado psutil fsspec
+GPU_PLATFORMS = $(foreach n,2_28 2_27 2_17 2_5,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-wheels: $(ENV_STAMP) ## download the wheels gpu-check needs on a GPU machine without a registry into .whl/ (then carry .whl)
+	mkdir -p .whl
+	for w in $(GPU_WHEELS); do echo "$$w==$$($(PY) -m pip show $$w | awk '/^Version/{print $$2}')"; done > .whl/requirements.txt
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+		-d .whl -r .whl/requirements.txt
+
+gpu-check: ## one GPU, paper profile at full size (random weights): images/s per stage, utilisation, memory, batch and precision variants, dask vs in-process; appends to BENCHMARKS.md (H200: under 8 min)
+	@if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target /tmp/site .whl/*.whl; fi
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)$(if $(wildcard .whl),:/tmp/site) $(GPU_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: under 4 min, 2.5 when the build is kept; 8.5 GiB RAM; 9.5 GB disk in data/smoke-paper)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m benchmarks.smoke

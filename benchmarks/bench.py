@@ -12,12 +12,16 @@ still give comparable numbers. Groups (`python -m benchmarks.bench --only GROUP`
 - s3: what reading from object storage (a local S3 server) costs per image over local files;
 - ingest: ingest from a tar shard against a bare read + hash + decode loop (target >= 0.9);
 - million: the to-do computation and a no-op stage run over 1,000,000 cached images (target: under
-  10 s, memory near flat against 100,000).
+  10 s, memory near flat against 100,000);
+- feed: `feed scaling`, a stage's images/s with a no-op model and 2 feed processes over 1 (target
+  >= 1.7), and `batch fill`, images per Grounding DINO call over the batch size on ImageNet-like and
+  LSUN-like size mixes (target >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +42,7 @@ from benchmarks.synthetic import manifest_table, ok_table, vectors, write_synthe
 from pipeline.app.demo import scene
 from pipeline.app.runner import make_stage, run_stage, stage_range
 from pipeline.engine.config import PipelineConfig, resolve
+from pipeline.engine.inputs import Feed
 from pipeline.engine.keys import image_id_of_bytes
 from pipeline.engine.log import setup_logging
 from pipeline.engine.schemas import MANIFEST
@@ -560,6 +565,113 @@ def commit() -> str:
         return "unknown"
 
 
+def noop_stage(name: str, config: PipelineConfig, store: Store) -> Any:
+    """The stage with its model, and only its model, a no-op (benchmarks/noop.py), loaded."""
+    stage = make_stage(name, config, store)
+    attribute, backend = NOOP_BACKENDS[name]
+    stage.__dict__[attribute] = backend(stage)
+    stage.setup()
+    return stage
+
+
+def bench_feed_scaling(n_images: int = 96, size: tuple[int, int] = (1600, 1000)) -> dict[str, Any]:
+    """`feed scaling`: the caption stage with a no-op model (BLIP-2's real 224 px preprocessing) on
+    1.6 MP JPEGs, its batches prepared by 2 feed processes against 1: how the feed scales with the
+    cores it is given (this process only feeds the model). Each side twice, interleaved, best kept."""
+    with tempfile.TemporaryDirectory() as tmp:
+        realistic_jpegs(Path(tmp) / "images", n_images, size)
+        best: dict[int, float] = {}
+        for attempt in range(2):
+            for workers in (1, 2):
+                store = Store(Path(tmp) / f"data-{workers}-{attempt}")
+                config = resolve(
+                    "tiny", {}, {"batch_size": 8, "chunk_size": 32, "device": "cpu", "feed_workers": workers}
+                )
+                run_stage("ingest", config, store, inputs=[Path(tmp) / "images"])
+                stage = noop_stage("caption", config, store)
+                # started (and warmed) before the clock, one decoding thread each, as the stage starts it
+                stage._feed = Feed(dataclasses.replace(stage.preparer(), threads=1), workers)
+                stage._feed.ready()
+                start = time.perf_counter()
+                stats = stage.run()
+                best[workers] = min(best.get(workers, float("inf")), time.perf_counter() - start)
+                all_ok(stats, n_images, "the no-op caption stage")
+    rate = {w: n_images / t for w, t in best.items()}
+    return figure(
+        "feed scaling: no-op caption stage, 2 feed processes over 1 (1.6 MP JPEGs)",
+        round(rate[2] / rate[1], 3),
+        "x",
+        ">= 1.7",
+        rate[2] / rate[1] >= 1.7,
+        images_per_s_1=round(rate[1], 1),
+        images_per_s_2=round(rate[2], 1),
+        cores=os.cpu_count(),
+    )
+
+
+# Image size mixes (width, height, share). ImageNet-like: the val set's common sizes (most images are
+# 500 px on the long side) and a tail of odd sizes; LSUN-like: bedrooms, 256 px on the short side.
+SIZE_MIXES = {
+    "ImageNet-like": [
+        ((500, 375), 0.42), ((375, 500), 0.12), ((500, 333), 0.16), ((333, 500), 0.05), ((500, 500), 0.06),
+        ((500, 334), 0.04), ((500, 400), 0.03), ((640, 480), 0.04), ((400, 500), 0.02), ("tail", 0.06),
+    ],
+    "LSUN-like": [
+        ((341, 256), 0.46), ((256, 341), 0.04), ((384, 256), 0.16), ((256, 256), 0.10), ((455, 256), 0.08),
+        ((342, 256), 0.06), ((320, 256), 0.04), ("tail", 0.06),
+    ],
+}
+
+
+def sizes_of(mix: str, n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """`n` image sizes drawn from a mix (the tail: uniform widths and heights in 200-800 px)."""
+    rng = np.random.default_rng(seed)
+    entries = SIZE_MIXES[mix]
+    picks = rng.choice(len(entries), size=n, p=[share for _, share in entries])
+    out = []
+    for k in picks:
+        size = entries[k][0]
+        out.append(tuple(int(v) for v in rng.integers(200, 800, 2)) if size == "tail" else size)
+    return out
+
+
+def bench_batch_fill(n_images: int = 1024, batch_size: int = 16) -> list[dict[str, Any]]:
+    """`batch fill`: mean images per Grounding DINO call over the batch size, the no-op grounder at the
+    paper's 800/1333 resize counting its calls, on each size mix (images ingested in random order)."""
+    from PIL import Image
+
+    figures = []
+    for mix in SIZE_MIXES:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "images"
+            folder.mkdir()
+            for k, (w, h) in enumerate(sizes_of(mix, n_images)):
+                Image.new("RGB", (w, h), (k % 256, k // 256 % 256, 160)).save(folder / f"{k:05d}.png")  # distinct
+            store = Store(Path(tmp) / "data")
+            config = resolve("tiny", {}, {"batch_size": batch_size, "device": "cpu"})
+            run_stage("ingest", config, store, inputs=[folder])
+            ids = store.manifest.read(["image_id"]).column("image_id").to_pylist()
+            write_rows(store, config, "caption", len(ids), image_id=ids, caption=[CAPTION] * len(ids))
+            stage = noop_stage("ground", config, store)
+            calls = stage.grounder.calls
+            stats = stage.run()
+            all_ok(stats, n_images, "the no-op ground stage")
+            fill = float(np.mean(calls)) / batch_size
+            figures.append(
+                figure(
+                    f"batch fill: images per ground call / batch size ({mix} sizes, {n_images} images)",
+                    round(fill, 3),
+                    "",
+                    ">= 0.9",
+                    fill >= 0.9,
+                    calls=len(calls),
+                    batch_size=batch_size,
+                    distinct_sizes=len(set(sizes_of(mix, n_images))),
+                )
+            )
+    return figures
+
+
 def run_all(only: str | None = None, rows: int = 80_000) -> list[dict[str, Any]]:
     figures: list[dict[str, Any]] = []
     seconds_per_image = None
@@ -579,6 +691,8 @@ def run_all(only: str | None = None, rows: int = 80_000) -> list[dict[str, Any]]
         figures.append(bench_ingest_tar())
     if only in (None, "million"):
         figures += bench_million()
+    if only in (None, "feed"):
+        figures += [bench_feed_scaling(), *bench_batch_fill()]
     import torch
 
     if not torch.cuda.is_available():
@@ -615,7 +729,7 @@ def append_markdown(
         fh.write("\n".join(lines) + "\n")
 
 
-GROUPS = ("embed", "fit", "cached", "cpu", "s3", "ingest", "million")
+GROUPS = ("embed", "fit", "cached", "cpu", "s3", "ingest", "million", "feed")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,6 +70,7 @@ class NoopGrounder(TransformersGroundingDino):
     def __init__(self, stage: Any) -> None:
         del stage  # the paper's sizes whatever the stage's profile: the cost a real run pays
         super().__init__(STAGES.get("ground").config_class(), "cpu")
+        self.calls: list[int] = []  # images per model call (make bench's batch fill)
 
     @cached_property
     def _loaded(self) -> tuple[Any, Any]:
@@ -87,6 +88,7 @@ class NoopGrounder(TransformersGroundingDino):
     def _forward(self, items: list, captions: list[str]) -> list[list[dict[str, Any]]]:
         import torch
 
+        self.calls.append(len(items))
         self._loaded[1](text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
         torch.stack([item.pixel_values for item in items])
         return [noop_objects(w, h) for h, w in (item.padded for item in items)]

@@ -12,6 +12,7 @@ config class, its output schema and how to turn a batch of input rows into outpu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -248,8 +249,8 @@ class FeatureStage(Stage):
         else the next one in a thread while the model works on this one, else in line."""
         workers = self._feed_workers()
         if workers and self.preparer() is not None:
-            if self._feed is None:
-                self._feed = inputs.Feed(self.preparer(), workers)
+            if self._feed is None:  # one decoding thread per feed process: the processes are the parallelism
+                self._feed = inputs.Feed(dataclasses.replace(self.preparer(), threads=1), workers)
             return self._feed.map(work)
         return inputs.prefetched(work, self.prepare, self._prefetch())
 

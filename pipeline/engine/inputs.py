@@ -229,5 +229,23 @@ class Feed:
             done, future = pending.popleft()
             yield done, future.result()
 
+    def ready(self, timeout: float = 300.0) -> int:
+        """Wait until every worker process has started (imported what `prepare` needs); their number.
+        A long run does not need it; a measurement does (a worker still starting takes the cores)."""
+        import time
+
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < self.workers and time.monotonic() < deadline:
+            seen |= {f.result() for f in [self._pool.submit(_pid) for _ in range(4 * self.workers)]}
+        return len(seen)
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)  # the workers exit on their own; a run need not wait
+
+
+def _pid() -> int:
+    import time
+
+    time.sleep(0.05)  # long enough that one worker cannot take every probe
+    return os.getpid()
