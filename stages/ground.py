@@ -78,11 +78,13 @@ class GroundStage(FeatureStage):
     def batch_order(self, rows: pa.Table) -> pa.Table:
         """The chunk sorted by the shape the processor resizes each image to: the grounder runs images of
         one shape together, so sorted batches are full model calls instead of a few images each."""
-        shape_of = getattr(self.grounder, "resized_shape", None)
-        if shape_of is None or rows.num_rows < 2:
+        if rows.num_rows < 2:
             return rows
+        from transformers.image_transforms import get_size_with_aspect_ratio  # the processor's own rule
+
+        edges = (self.cfg.shortest_edge, self.cfg.longest_edge)
         sizes = zip(rows.column("width").to_pylist(), rows.column("height").to_pylist(), strict=True)
-        keys = [shape_of(w, h) if w and h else (0, 0) for w, h in sizes]
+        keys = [tuple(get_size_with_aspect_ratio((h, w), *edges)) if w and h else (0, 0) for w, h in sizes]
         return rows.take(pa.array(sorted(range(len(keys)), key=keys.__getitem__), pa.int64()))
 
     def preparer(self) -> ImageRows:

@@ -211,6 +211,7 @@ class IngestStage(Job):
         if stale:
             log.info("ingest: %d error row(s) of files that were fixed since are gone from the manifest", len(stale))
         self.store.manifest.compact(drop=stale)
+        self.store.manifest.upgrade()  # parts written before the error columns get them: one schema to scan
         self.store.sources.compact()
 
     def _seen_files(self, manifest: pa.Table) -> dict[str, tuple[int, int, str, str]]:

@@ -34,6 +34,7 @@ KINDS: dict[str, str] = {
     "decoder_crashed": "decoder crashed",
     "model_error": "model error",
     "no_output": "no output",
+    "missing_input": "no input row",
     "unknown": "error",
 }
 

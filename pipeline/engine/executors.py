@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+import dask
+
 from pipeline.engine.devices import CORES_ENV
 from pipeline.engine.errors import UsageError
 
@@ -35,12 +37,17 @@ class InProcessExecutor:
 
 
 def gpu_cluster(devices: list[str]) -> Any:
-    """A local cluster of one single-threaded worker per GPU, each seeing only its own device through
-    `CUDA_VISIBLE_DEVICES` set in its environment at start, so a worker its nanny restarts keeps its
-    GPU (a pin set afterwards by `client.run` would be lost). dask-cuda's LocalCUDACluster when it is
-    installed (it also sets CPU affinity and UCX); else the same specification with plain nannies.
+    """A local cluster of one single-threaded worker per GPU, each with its own device first in
+    `CUDA_VISIBLE_DEVICES` (so `cuda:0` is its GPU) set in its environment at start, so a worker its
+    nanny restarts keeps its GPU (a pin set afterwards by `client.run` would be lost). dask-cuda's
+    LocalCUDACluster when it is installed (it also sets CPU affinity and UCX; its workers then read
+    their share of cores from their affinity); else the same specification with plain nannies, each
+    seeing only its own GPU.
     Each worker is told its share of the cores (for its feed processes)."""
     share = max(1, (os.cpu_count() or 1) // max(1, len(devices)))
+    # Workers that may start processes of their own (the feed): the nanny starts them daemonic by default.
+
+    dask.config.set({"distributed.worker.daemon": False})
     try:
         from dask_cuda import LocalCUDACluster
 
@@ -108,13 +115,16 @@ class DaskExecutor:
             self.client = Client(self._cluster)
         log.info("dask executor: %d worker(s) at %s", self.n_workers, self.client.scheduler.address)
 
+    def _workers(self) -> dict[str, Any]:
+        return self.client.scheduler_info(n_workers=-1)["workers"]  # every worker (some releases list 5)
+
     @property
     def n_workers(self) -> int:
-        return len(self.client.scheduler_info()["workers"])
+        return len(self._workers())
 
     def _resources(self) -> dict[str, int] | None:
         """A GPU per task where workers offer GPUs (so a worker runs one model task at a time)."""
-        offered = (w.get("resources") or {} for w in self.client.scheduler_info()["workers"].values())
+        offered = (w.get("resources") or {} for w in self._workers().values())
         return {GPU: 1} if any(GPU in r for r in offered) else None
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
@@ -128,7 +138,8 @@ class DaskExecutor:
         def fill() -> None:
             """Submit until every worker present (those that joined since included) has its share."""
             nonlocal pending
-            while pending < max(1, self.in_flight * self.n_workers):
+            target = max(1, self.in_flight * self.n_workers)
+            while pending < target:
                 try:
                     item = next(it)
                 except StopIteration:
@@ -136,13 +147,18 @@ class DaskExecutor:
                 done.add(self.client.submit(fn, item, pure=False, retries=self.retries, resources=resources))
                 pending += 1
 
-        fill()
-        for future in done:
-            result = future.result()
-            future.release()
-            pending -= 1
+        try:
             fill()
-            yield result
+            for future in done:
+                result = future.result()
+                future.release()
+                pending -= 1
+                fill()
+                yield result
+        finally:  # a failed task (or a caller that stops early) leaves no task writing parts behind
+            left = list(done.futures)
+            if left:
+                self.client.cancel(left)
 
     def close(self) -> None:
         self.client.close()

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import threading
@@ -185,15 +186,17 @@ class FeatureStage(Stage):
                 f"{self.name} [{fp}]: {len(todo)} image(s) still have no row after {PASSES} passes "
                 "(workers lost their chunks, or wrote them elsewhere); run the command again"
             )
-        self._compact()
         stats.seconds = time.perf_counter() - start
         return stats
 
     def _compact(self) -> None:
-        """Exactly one row per image in the output folder once a run ends (see PartDir.compact)."""
+        """Exactly one row per image in the output folder once a run ends (see PartDir.compact), every
+        part with the current columns (parts written before the error columns are rewritten with them,
+        so a plain polars scan of the folder reads one schema)."""
         out = self.store.features(self.name, self.fingerprint, self.schema)
         if out.path.is_dir():
             out.compact(errors_only_for=self.store.manifest.index())
+            out.upgrade()
 
     def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
         """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""
@@ -264,6 +267,8 @@ class FeatureStage(Stage):
 
     def _feed_workers(self) -> int:
         """runtime.feed_workers, or on an accelerator the cores for each GPU less one (at most 8)."""
+        if multiprocessing.current_process().daemon:  # a dask worker started daemonic may have no children
+            return 0
         if self.runtime.feed_workers is not None:
             return self.runtime.feed_workers
         if not self.reads_images or devices.resolve_device(self.runtime.device) == "cpu":
@@ -339,7 +344,7 @@ class ChunkTask:
         self.fingerprint = stage.fingerprint
         self.key = (stage.name, stage.fingerprint, self.root)
         self.on_rows = on_rows
-        _STAGE_CACHE.setdefault(self.key, stage)
+        _STAGE_CACHE[self.key] = stage  # this process's chunks run on the stage that runs (its settings, its feed)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "on_rows": None}

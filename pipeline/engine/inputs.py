@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.engine.imageio import ImageDecodeError, load_images
 from pipeline.engine.probe import exit_with_parent
@@ -65,15 +66,26 @@ def chunks(
 
 
 def _join(chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
-    """Join the lookups by image_id (inner), by index: Arrow's hash join refuses list columns (`objects`)."""
+    """Join the lookups by image_id, by index (Arrow's hash join refuses list columns such as `objects`).
+
+    A driver row with no row in a lookup is kept, marked as failed in that input (`missing_input`), so
+    it becomes an error row instead of silently dropping out of the run."""
     for name, table in lookups.items():
         index = {k: i for i, k in enumerate(table.column("image_id").to_pylist())}
-        rows = [index.get(k) for k in chunk.column("image_id").to_pylist()]
-        present = [i for i, r in enumerate(rows) if r is not None]
-        chunk = chunk.take(pa.array(present, pa.int64()))
-        looked_up = _prefix_status(table.drop_columns(["image_id"]), name).take(
-            pa.array([rows[i] for i in present], pa.int64())
-        )
+        rows = pa.array([index.get(k) for k in chunk.column("image_id").to_pylist()], pa.int64())
+        looked_up = _prefix_status(table.drop_columns(["image_id"]), name).take(rows)
+        absent = rows.is_null()
+        if absent.true_count:
+            fill = {
+                f"{name}.status": STATUS_ERROR,
+                f"{name}.error": f"no {name} row for this image (run that stage again)",
+                f"{name}.error_kind": "missing_input",
+            }
+            for column, value in fill.items():
+                if column in looked_up.column_names:
+                    i = looked_up.column_names.index(column)
+                    filled = pc.if_else(absent, pa.scalar(value, pa.string()), looked_up.column(i))
+                    looked_up = looked_up.set_column(i, column, filled)
         for field_, column in zip(looked_up.schema, looked_up.columns, strict=True):
             chunk = chunk.append_column(field_, column)
     return chunk

@@ -18,11 +18,13 @@ from pipeline.engine import errors, locations
 from pipeline.engine.keyindex import KeySet
 from pipeline.engine.store import PartDir
 
+READ_BATCH = 64  # files read at once when checking whether read failures are readable again
+
 
 def todo(
     driver: PartDir, out: PartDir, manifest: PartDir, ids: Iterable[str] | None = None, retry_errors: bool = False
 ) -> list[str]:
-    """Driver ids without a row in `out`, in driver order (optionally only `ids`).
+    """Driver ids of images in the manifest without a row in `out`, in driver order (optionally only `ids`).
 
     With `retry_errors`, ids whose rows are all errors are computed again too (the new row
     supersedes the old one for every reader).
@@ -35,6 +37,8 @@ def todo(
         again = readable_again(out, manifest)
         done = KeySet(index.codes[~KeySet.of(again).contains(index.codes)]) if again else index
     mask = ~done.contains(source.codes)
+    if driver.path != manifest.path:  # an image no longer in the manifest (re-ingested as new bytes) is no work
+        mask &= manifest.index().contains(source.codes)
     if ids is not None:
         mask &= KeySet.of(pa.array(list(ids), pa.string())).contains(source.codes)
     return list(dict.fromkeys(source.ids(np.nonzero(mask)[0]).to_pylist()))
@@ -58,8 +62,12 @@ def readable_again(out: PartDir, manifest: PartDir) -> list[str]:
     paths = manifest.read(["image_id", "path"], ids=unread)
     ids, where = paths.column("image_id").to_pylist(), paths.column("path").to_pylist()
     present = [(i, p) for i, p in zip(ids, where, strict=True) if locations.exists(p)]
-    datas = locations.read_many([p for _, p in present])
-    return [i for (i, _), data in zip(present, datas, strict=True) if _holds(data, i)]
+    again = []
+    for start in range(0, len(present), READ_BATCH):  # bounded memory: a few files' bytes at a time
+        some = present[start : start + READ_BATCH]
+        datas = locations.read_many([p for _, p in some])
+        again += [i for (i, _), data in zip(some, datas, strict=True) if _holds(data, i)]
+    return again
 
 
 def _holds(data: bytes | OSError, image_id: str) -> bool:

@@ -306,6 +306,29 @@ class PartDir:
         log.debug("compacted %s: %d superseded row(s) removed", self.path, removed)
         return removed
 
+    def upgrade(self) -> int:
+        """Rewrite parts written before columns of the schema existed (the error columns, derived from
+        their messages; nullable columns added later, as null), each atomically under its own name with
+        its metadata, so every part holds one schema. Call only while holding the folder's lock; the
+        parts' keys do not change. Returns the number of parts rewritten."""
+        if self.schema is None:
+            return 0
+        rewritten = 0
+        for part in self.parts():
+            schema = pq.read_schema(part)
+            if all(name in schema.names for name in self.schema.names):
+                continue
+            table = self.read_part(part, self.schema.names).cast(self.schema).replace_schema_metadata(schema.metadata)
+            tmp = self.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
+            with writing(self.path):
+                pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, part)
+            rewritten += 1
+        if rewritten:
+            _fsync_dir(self.path)
+            log.info("%s: %d part(s) rewritten with the current columns", self.path, rewritten)
+        return rewritten
+
     def ids(self, ok_only: bool = False) -> set[str]:
         """Every key that has a row (with `ok_only`, a row with status ok)."""
         index = self.index()

@@ -133,14 +133,6 @@ class TransformersGroundingDino(TransformersBackend):
                 out[k] = finish(objects, items[k].width, items[k].height, self.cfg.max_objects)
         return out
 
-    def resized_shape(self, width: int, height: int) -> tuple[int, int]:
-        """(height, width) the processor resizes an image of this size to (shortest_edge / longest_edge
-        rule): images of one resized shape run in one model call (see `ground`)."""
-        from transformers.image_transforms import get_size_with_aspect_ratio
-
-        h, w = get_size_with_aspect_ratio((height, width), self.cfg.shortest_edge, self.cfg.longest_edge)
-        return int(h), int(w)
-
     def _forward(self, items: list[Prepared], captions: list[str]) -> list[list[Obj]]:
         """One model call on images of one resized shape: raw objects in pixels of each padded image."""
         import torch

@@ -185,3 +185,23 @@ def test_parts_written_before_the_error_columns_read_alike(tmp_path):
 )
 def test_legacy_messages_map_to_their_kinds(message, expected):
     assert errors.legacy_kind(message) == expected
+
+
+def test_a_folder_of_old_and_new_parts_scans_as_one_schema(tmp_path):
+    """After a run writes, parts written before the error columns are rewritten with them: a plain
+    polars scan of the folder (docs/queries.md) reads one schema."""
+    files = inputs(tmp_path / "in")
+    store = run(files["good0"].parent, tmp_path / "data")
+    folder = store.features("caption", make_stage("caption", tiny(), store).fingerprint)
+    for part in [*store.manifest.parts(), *folder.parts()]:
+        pq.write_table(pq.read_table(part).drop_columns(["error_kind", "error_stage"]), part)
+    before = kinds(store, "caption")
+    extra = tmp_path / "more"
+    extra.mkdir()
+    Image.fromarray(np.full((30, 40, 3), 7, np.uint8)).save(extra / "new.png")
+    run(extra, tmp_path / "data")  # ingest and caption write new parts beside the old ones
+    for scanned in (folder.path, store.manifest.path):
+        frame = pl.scan_parquet(scanned / "part-*.parquet").collect()
+        assert {"error_kind", "error_stage"} <= set(frame.columns)
+    after = kinds(store, "caption")
+    assert {i: v for i, v in after.items() if i in before} == before and len(after) == len(before) + 1

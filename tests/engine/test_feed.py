@@ -86,3 +86,15 @@ def test_the_feed_stops_with_the_run(tmp_path, image_root, probe):
     stage = make_stage("feedprobe", config, store)
     stage.run()
     assert stage._feed is None  # closed: no worker process left behind
+
+
+def test_a_dask_worker_that_may_not_start_processes_prepares_in_line(tmp_path, image_root):
+    """dask starts workers daemonic by default, and a daemonic process may not have children: there
+    the stage prepares its batches itself instead of failing every chunk."""
+    from pipeline.engine.executors import DaskExecutor
+
+    store = Store(tmp_path / "data")
+    config = tiny(chunk_size=8, feed_workers=2)
+    run_stage("ingest", config, store, inputs=[image_root])
+    with DaskExecutor(workers=1) as executor:
+        assert run_stage("caption", config, store, executor=executor).ok == 24
