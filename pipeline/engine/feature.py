@@ -12,10 +12,8 @@ config class, its output schema and how to turn a batch of input rows into outpu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import socket
 import threading
@@ -28,7 +26,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from pipeline.engine import batches, devices, errors, inputs, keyindex, resume
+from pipeline.engine import batches, errors, inputs, keyindex, resume
 from pipeline.engine.config import pinned
 from pipeline.engine.executors import Executor, InProcessExecutor
 from pipeline.engine.imageio import DEFAULT_MAX_PIXELS
@@ -221,7 +219,7 @@ class FeatureStage(Stage):
         good = self.batch_order(good)
         step = self.sizer.current
         work = [good.slice(start, step) for start in range(0, good.num_rows, step)]
-        for batch, prepared in self._prepared(work):
+        for batch, prepared in self.preparation.batches(work):
             out.append(
                 batches.run_isolated(self._process_table, batch, prepared, self._failed_row, self.name, self.sizer)
             )
@@ -247,42 +245,15 @@ class FeatureStage(Stage):
         error = errors.RowError("model_error", f"{type(e).__name__}: {e}")
         return self._rows_table([{"image_id": image_id, **errors.error_fields(error)}])
 
-    def _prepared(self, work: list[pa.Table]) -> Iterator[tuple[pa.Table, list[Any] | None]]:
-        """The batches with what `prepare` makes of them: from the feed processes when there are any,
-        else the next one in a thread while the model works on this one, else in line."""
-        workers = self._feed_workers()
-        if workers and self.preparer() is not None:
-            if self._feed is None:  # one decoding thread per feed process: the processes are the parallelism
-                self._feed = inputs.Feed(dataclasses.replace(self.preparer(), threads=1), workers)
-            return self._feed.map(work)
-        return inputs.prefetched(work, self.prepare, self._prefetch())
-
-    _feed: inputs.Feed | None = None
+    @cached_property
+    def preparation(self) -> inputs.Preparation:
+        """How this stage's batches are prepared (feed processes, a loader thread, or in line)."""
+        return inputs.Preparation(self.preparer, self.prepare, self.runtime, self.reads_images)
 
     def close_feed(self) -> None:
         """Stop the feed processes (after a run; a dask worker's cached stage keeps its feed)."""
-        if self._feed is not None:
-            self._feed.close()
-            self._feed = None
-
-    def _feed_workers(self) -> int:
-        """runtime.feed_workers, or on an accelerator the cores for each GPU less one (at most 8)."""
-        if multiprocessing.current_process().daemon:  # a dask worker started daemonic may have no children
-            return 0
-        if self.runtime.feed_workers is not None:
-            return self.runtime.feed_workers
-        if not self.reads_images or devices.resolve_device(self.runtime.device) == "cpu":
-            return 0
-        return max(1, min(8, devices.cores_per_gpu() - 1))
-
-    def _prefetch(self) -> bool:
-        """`auto`: with an accelerator. On a CPU the model already keeps every core busy and a loader
-        thread only takes cores from it (the embed stage ran 5% slower with one on 2 cores)."""
-        if self.runtime.prefetch != "auto":
-            return self.runtime.prefetch == "on"
-        if not self.reads_images:  # nothing to prepare (distance): no torch import
-            return False
-        return devices.resolve_device(self.runtime.device) != "cpu"
+        if "preparation" in self.__dict__:
+            self.preparation.close()
 
     def batch_order(self, rows: pa.Table) -> pa.Table:
         """Rows in the order they are batched (rows are keyed: results do not depend on it). A stage

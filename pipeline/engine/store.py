@@ -161,37 +161,7 @@ class PartDir:
             ) from e
 
     def _read_older_part(self, part: Path, columns: list[str] | None) -> pa.Table | None:
-        """A part written before some columns existed: the error columns are derived from its messages
-        (errors.legacy_kind), other nullable columns of the schema read as null."""
-        if columns is None:
-            return None
-        try:
-            schema = pq.read_schema(part)
-        except (pa.ArrowInvalid, OSError):
-            return None
-        present = set(schema.names)
-        missing = [c for c in columns if c not in present]
-        derived = {"error_kind", "error_stage"} if "error" in present else set()
-        nullable = {f.name for f in self.schema if f.nullable} if self.schema is not None else set()
-        if not missing or not all(c in derived or c in nullable for c in missing):
-            return None
-        read = [c for c in columns if c in present]
-        if derived & set(missing) and "error" not in read:
-            read.append("error")
-        table = pq.read_table(part, columns=read)
-        if derived & set(missing):
-            # An error with no stage in its message arose in the stage that wrote the part (its metadata
-            # names it; the manifest's parts carried none: None, which readers take as the manifest's writer).
-            own = _written_by(schema)
-            pairs = [errors.legacy_kind(e) for e in table.column("error").to_pylist()]
-            table = table.append_column("error_kind", pa.array([k for k, _ in pairs], pa.string()))
-            stages = [st or (own if k is not None else None) for k, st in pairs]
-            table = table.append_column("error_stage", pa.array(stages, pa.string()))
-        for name in missing:
-            if name not in table.column_names:
-                field = self.schema.field(name)
-                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-        return table.select(columns)
+        return read_with_added_columns(part, columns, self.schema)
 
     def index(self) -> KeyIndex:
         """Key code, status and part of every row, in part order (see keyindex).
@@ -307,27 +277,8 @@ class PartDir:
         return removed
 
     def upgrade(self) -> int:
-        """Rewrite parts written before columns of the schema existed (the error columns, derived from
-        their messages; nullable columns added later, as null), each atomically under its own name with
-        its metadata, so every part holds one schema. Call only while holding the folder's lock; the
-        parts' keys do not change. Returns the number of parts rewritten."""
-        if self.schema is None:
-            return 0
-        rewritten = 0
-        for part in self.parts():
-            schema = pq.read_schema(part)
-            if all(name in schema.names for name in self.schema.names):
-                continue
-            table = self.read_part(part, self.schema.names).cast(self.schema).replace_schema_metadata(schema.metadata)
-            tmp = self.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
-            with writing(self.path):
-                pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, part)
-            rewritten += 1
-        if rewritten:
-            _fsync_dir(self.path)
-            log.info("%s: %d part(s) rewritten with the current columns", self.path, rewritten)
-        return rewritten
+        """Rewrite parts written before columns of the schema existed (see `upgrade_parts`)."""
+        return upgrade_parts(self)
 
     def ids(self, ok_only: bool = False) -> set[str]:
         """Every key that has a row (with `ok_only`, a row with status ok)."""
@@ -540,6 +491,68 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --- parts written before a column existed ---------------------------------------------------------
+
+
+def read_with_added_columns(part: Path, columns: list[str] | None, schema_: pa.Schema | None) -> pa.Table | None:
+    """A part written before some columns existed: the error columns are derived from its messages
+    (errors.legacy_kind), other nullable columns of the schema read as null."""
+    if columns is None:
+        return None
+    try:
+        schema = pq.read_schema(part)
+    except (pa.ArrowInvalid, OSError):
+        return None
+    present = set(schema.names)
+    missing = [c for c in columns if c not in present]
+    derived = {"error_kind", "error_stage"} if "error" in present else set()
+    nullable = {f.name for f in schema_ if f.nullable} if schema_ is not None else set()
+    if not missing or not all(c in derived or c in nullable for c in missing):
+        return None
+    read = [c for c in columns if c in present]
+    if derived & set(missing) and "error" not in read:
+        read.append("error")
+    table = pq.read_table(part, columns=read)
+    if derived & set(missing):
+        # An error with no stage in its message arose in the stage that wrote the part (its metadata
+        # names it; the manifest's parts carried none: None, which readers take as the manifest's writer).
+        own = _written_by(schema)
+        pairs = [errors.legacy_kind(e) for e in table.column("error").to_pylist()]
+        table = table.append_column("error_kind", pa.array([k for k, _ in pairs], pa.string()))
+        stages = [st or (own if k is not None else None) for k, st in pairs]
+        table = table.append_column("error_stage", pa.array(stages, pa.string()))
+    for name in missing:
+        if name not in table.column_names:
+            field = schema_.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(columns)
+
+
+def upgrade_parts(part_dir: PartDir) -> int:
+    """Rewrite parts written before columns of the schema existed (the error columns, derived from
+    their messages; nullable columns added later, as null), each atomically under its own name with
+    its metadata, so every part holds one schema. Call only while holding the folder's lock; the
+    parts' keys do not change. Returns the number of parts rewritten."""
+    if part_dir.schema is None:
+        return 0
+    rewritten = 0
+    for part in part_dir.parts():
+        schema = pq.read_schema(part)
+        if all(name in schema.names for name in part_dir.schema.names):
+            continue
+        table = part_dir.read_part(part, part_dir.schema.names).cast(part_dir.schema)
+        table = table.replace_schema_metadata(schema.metadata)
+        tmp = part_dir.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
+        with writing(part_dir.path):
+            pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, part)
+        rewritten += 1
+    if rewritten:
+        _fsync_dir(part_dir.path)
+        log.info("%s: %d part(s) rewritten with the current columns", part_dir.path, rewritten)
+    return rewritten
 
 
 class Store:

@@ -85,7 +85,8 @@ def test_the_feed_stops_with_the_run(tmp_path, image_root, probe):
     run_stage("ingest", config, store, inputs=[image_root])
     stage = make_stage("feedprobe", config, store)
     stage.run()
-    assert stage._feed is None  # closed: no worker process left behind
+    feed = stage.preparation.feed
+    assert feed is None  # closed: the pool is shut down, its processes exit
 
 
 def test_a_dask_worker_that_may_not_start_processes_prepares_in_line(tmp_path, image_root):

@@ -168,7 +168,7 @@ def s3(monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("bucket")
+    fs.makedirs("bucket", exist_ok=True)  # moto keeps its buckets for the process, across servers
     yield fs
     server.stop()
 
@@ -189,3 +189,17 @@ def test_fingerprints_do_not_depend_on_where_the_bytes_are(tmp_path, loose):
     shard = write_shard(tmp_path / "00000.tar")
     a, b = ingest(tmp_path, "a", loose), ingest(tmp_path, "b", shard)
     assert make_stage("caption", tiny(), a).fingerprint == make_stage("caption", tiny(), b).fingerprint
+
+
+def test_loose_objects_are_read_together_in_order_with_failures_in_place(s3):
+    """A batch of loose S3 objects is one fsspec `cat` of many paths (concurrent on async stores): the
+    bytes come back in the order asked, a missing object as FileNotFoundError in its place."""
+    from pipeline.engine import locations
+
+    blobs = {f"s3://bucket/loose/{k}.png": png(k) for k in range(6)}
+    for url, data in blobs.items():
+        s3.pipe(url.removeprefix("s3://"), data)
+    asked = [*reversed(blobs), "s3://bucket/loose/missing.png", "s3://bucket/loose/0.png"]
+    got = locations.read_many(asked)
+    assert got[:6] == [blobs[u] for u in reversed(blobs)] and got[7] == blobs["s3://bucket/loose/0.png"]
+    assert isinstance(got[6], FileNotFoundError)
