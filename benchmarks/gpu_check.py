@@ -157,7 +157,6 @@ def variant_rate(root: Path, tag: str, images: Path, config: PipelineConfig, sta
 
 def check(root: Path, models: Path, n_images: int, size: str, device: str) -> list[dict[str, Any]]:
     """Every figure of the check (see the module docstring)."""
-    import torch
 
     device = resolve_device(device)
     built = build_models(models, size)
@@ -210,13 +209,9 @@ def check(root: Path, models: Path, n_images: int, size: str, device: str) -> li
         rate = r["images_per_s"]
         figures.append(figure(f"gpu-check caption batch {batch} ({gpu})", rate, "images/s", "measured", None))
     for precision in ("float32", "tf32", "bfloat16"):
-        tf32 = precision == "tf32"
-        cfg = _with(config, ground={"dtype": "float32" if tf32 else precision})
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        try:
-            r = variant_rate(root, f"ground-{precision}", subset, cfg, "ground", device)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        tf32 = precision == "tf32"  # ground.tf32: a knob of the config (in the fingerprint when on)
+        cfg = _with(config, ground={"dtype": "float32" if tf32 else precision, "tf32": tf32})
+        r = variant_rate(root, f"ground-{precision}", subset, cfg, "ground", device)
         figures.append(
             figure(f"gpu-check ground {precision} ({gpu})", r["images_per_s"], "images/s", "measured", None,
                    images_per_ground_call=r.get("images_per_ground_call"))

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.engine import schemas
-from pipeline.engine.config import ConfigError, check_dtype
+from pipeline.engine.config import ConfigError, check_dtype, knob
 from pipeline.engine.errors import RowError, error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.hub import HubModel
@@ -33,6 +33,9 @@ class CaptionConfig(HubModel):
     min_new_tokens: int = 0
     num_beams: int = 1
     seed: int = 0  # random init of tiny models
+    # TF32 tensor cores for this model's float32 matmuls and convolutions on a GPU (faster, rounds
+    # differently: in the fingerprint when on). Off: a GPU computes float32 as a CPU does.
+    tf32: bool = knob(False)
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "caption")

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.engine import schemas
-from pipeline.engine.config import ConfigError, check_dtype
+from pipeline.engine.config import ConfigError, check_dtype, knob
 from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.imageio import ImageDecodeError
@@ -42,6 +42,9 @@ class EmbedConfig:
     dtype: str = "float32"
     image_crop: str = "center"  # center: crop the image's centre (paper); resize_center: open_clip's default
     seed: int = 0
+    # TF32 tensor cores for this model's float32 matmuls and convolutions on a GPU (faster, rounds
+    # differently: in the fingerprint when on). Off: a GPU computes float32 as a CPU does.
+    tf32: bool = knob(False)
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "embed")

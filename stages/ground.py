@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.engine import schemas
-from pipeline.engine.config import ConfigError, check_dtype
+from pipeline.engine.config import ConfigError, check_dtype, knob
 from pipeline.engine.errors import error_fields
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.hub import HubModel
@@ -35,6 +35,9 @@ class GroundConfig(HubModel):
     text_encoder: str | None = None  # groundingdino-py only: BERT hub id or local directory
     config_file: str | None = None  # groundingdino-py only: its model config (.py)
     seed: int = 0
+    # TF32 tensor cores for this model's float32 matmuls and convolutions on a GPU (faster, rounds
+    # differently: in the fingerprint when on). Off: a GPU computes float32 as a CPU does.
+    tf32: bool = knob(False)
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "ground")

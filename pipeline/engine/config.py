@@ -142,6 +142,26 @@ def as_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+# Metadata of a field added to a stage's config after results were cached with it: at its default it
+# stays out of the identity, so adding a knob never moves a fingerprint (days of cached GPU work);
+# set to anything else, it enters the identity like every other field.
+ADDED_LATER = {"identity": "when not the default"}
+
+
+def knob(default: Any) -> Any:
+    """A config field added later (see ADDED_LATER)."""
+    return field(default=default, metadata=ADDED_LATER)
+
+
+def identity_of(cfg: Any) -> dict[str, Any]:
+    """The config's fields that determine results: every field, but added-later ones at their default."""
+    out = as_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("identity") == ADDED_LATER["identity"] and getattr(cfg, f.name) == f.default:
+            out.pop(f.name)
+    return out
+
+
 # Profiles: named sets of per-stage overrides of the config classes' defaults (the built-in ones are
 # registered by the stages package, stages/profiles.py, beside the stages they configure).
 PROFILES: Registry[dict[str, dict[str, Any]]] = Registry("profile")

@@ -12,7 +12,6 @@ its own clear line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -35,7 +34,9 @@ class HubModel:
 
     def identity(self) -> dict[str, Any]:
         """As configured, with a hub model's revision resolved to its commit."""
-        return {**json.loads(json.dumps(dataclasses.asdict(self))), "revision": self.commit()}
+        from pipeline.engine.config import identity_of  # config imports this module
+
+        return {**identity_of(self), "revision": self.commit()}
 
     def pinned(self) -> Any:
         """This config with the revision resolved (what a worker is sent)."""

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from pipeline.engine import errors
-from pipeline.engine.config import PipelineConfig, as_dict
+from pipeline.engine.config import PipelineConfig, identity_of
 from pipeline.engine.keys import short_hash
 from pipeline.engine.registry import Registry, UnknownNameError
 from pipeline.engine.store import PartDir, Store
@@ -168,7 +168,7 @@ class Stage(ABC):
         if self.cfg is None:
             config = {}
         else:  # a config that resolves part of itself (a hub revision) says so with identity()
-            config = self.cfg.identity() if hasattr(self.cfg, "identity") else as_dict(self.cfg)
+            config = self.cfg.identity() if hasattr(self.cfg, "identity") else identity_of(self.cfg)
         return {"stage": self.name, "version": self.version, "config": config, "inputs": upstream}
 
     def summary(self) -> dict[str, Any] | None:

@@ -143,5 +143,23 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+
+@contextmanager
+def inference(cfg: Any) -> Iterator[None]:
+    """A model call: inference mode, with TF32 exactly as the stage config says (`tf32`, default
+    off). torch turns cuDNN's TF32 on by default, so without this a GPU's convolutions would round
+    differently from a CPU's under one fingerprint; the flags are put back afterwards."""
+    import torch
+
+    tf32 = bool(getattr(cfg, "tf32", False))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 # The backends register themselves on import (after the registries above exist).
 from pipeline.models import captioners, clip, grounders, groundingdino_py  # noqa: E402, F401

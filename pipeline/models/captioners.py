@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.models import CAPTIONERS
+from pipeline.models import CAPTIONERS, inference
 from pipeline.models.base import TransformersBackend
 from pipeline.models.settings import CaptionSettings
 
@@ -67,7 +67,7 @@ class TransformersCaptioner(TransformersBackend):
             inputs = BatchFeature({"pixel_values": torch.stack(pixels)})
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        with torch.inference_mode():
+        with inference(self.cfg):
             out = model.generate(
                 **inputs,
                 max_new_tokens=self.cfg.max_new_tokens,

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX
 from pipeline.engine.errors import UsageError
-from pipeline.models import ENCODERS, LOAD_COUNTS, loading, resolve_device
+from pipeline.models import ENCODERS, LOAD_COUNTS, inference, loading, resolve_device
 from pipeline.models.settings import EmbedSettings
 from pipeline.models.tiny import CLIP_CONFIG, build_tiny
 
@@ -157,10 +157,9 @@ class ClipEncoder:
 
     def encode_images(self, batch) -> Any:
         """Raw (unnormalised) image embeddings, float32 on the CPU."""
-        import torch
 
         model = self._loaded[0]
-        with torch.inference_mode():
+        with inference(self.cfg):
             out = model.encode_image(batch.to(self.device, dtype=self._input_dtype))
         return out.float().cpu()
 
@@ -174,9 +173,8 @@ class ClipEncoder:
 
     def encode_texts(self, texts: list[str]) -> Any:
         """Raw (unnormalised) text embeddings, float32 on the CPU."""
-        import torch
 
         model, _, tokenizer = self._loaded
-        with torch.inference_mode():
+        with inference(self.cfg):
             out = model.encode_text(tokenizer(texts).to(self.device))
         return out.float().cpu()

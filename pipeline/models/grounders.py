@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models import GROUNDERS
+from pipeline.models import GROUNDERS, inference
 from pipeline.models.base import TransformersBackend
 from pipeline.models.settings import GroundSettings
 
@@ -143,7 +143,7 @@ class TransformersGroundingDino(TransformersBackend):
         inputs["pixel_mask"] = torch.stack([item.pixel_mask for item in items])
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
-        with torch.inference_mode():
+        with inference(self.cfg):
             outputs = model(**inputs)
         results = processor.post_process_grounded_object_detection(
             outputs,

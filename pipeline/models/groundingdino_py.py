@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.models import GROUNDERS, LOAD_COUNTS, loading, resolve_device
+from pipeline.models import GROUNDERS, LOAD_COUNTS, inference, loading, resolve_device
 from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
 from pipeline.models.settings import GroundSettings
 
@@ -133,7 +133,6 @@ class GroundingDinoPy:
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
         import groundingdino.datasets.transforms as T
-        import torch
         from groundingdino.util.inference import predict
 
         transform = T.Compose(
@@ -147,7 +146,7 @@ class GroundingDinoPy:
         for original, caption in zip(images, captions, strict=True):
             image = pad_to_aspect(original)
             tensor, _ = transform(image, None)
-            with torch.inference_mode():
+            with inference(self.cfg):
                 boxes, scores, phrases = predict(
                     self.model,
                     tensor,

@@ -16,6 +16,7 @@ class ModelSettings(Protocol):
     model: str  # a hub id, a local directory or `tiny/...`
     dtype: str  # float32 | bfloat16 | float16
     seed: int  # random init of a tiny model
+    tf32: bool  # TF32 tensor cores for float32 matmuls and convolutions on a GPU
 
 
 class HubSettings(ModelSettings, Protocol):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import polars as pl
 from PIL import Image
@@ -69,3 +71,45 @@ def test_chunks_are_batched_by_resized_shape_so_model_calls_are_full(tmp_path):
     assert by_size[4][0] == [4, 4, 4]
     assert by_size[1][0] == [1] * 12
     assert_same_rows(by_size[1][1].sort("image_id"), by_size[4][1].sort("image_id"), "ground")
+
+
+SEEN_TF32: list[tuple[bool, bool]] = []
+RECORDING = "grounding-dino-recording-tf32"
+
+
+class RecordingGrounder(TransformersGroundingDino):
+    """The real tiny grounder, recording the TF32 flags as its model's forward starts."""
+
+    @cached_property
+    def _loaded(self):
+        import torch
+
+        model, processor = TransformersGroundingDino._loaded.func(self)
+        flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+        model.register_forward_pre_hook(lambda *_: SEEN_TF32.append(tuple(f.allow_tf32 for f in flags)))
+        return model, processor
+
+
+def test_tf32_is_what_the_config_says_during_model_calls_and_enters_the_fingerprint_only_when_on(
+    tmp_path, image_root
+):
+    import torch
+
+    outside = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    GROUNDERS.register(RECORDING)(RecordingGrounder)
+    try:
+        seen, fps = {}, {}
+        for tf32 in (None, False, True):
+            ground = {"backend": RECORDING, **({} if tf32 is None else {"tf32": tf32})}
+            config = resolve("tiny", {"ground": ground}, {"device": "cpu", "chunk_size": 64})
+            store = Store(tmp_path / str(tf32))
+            run_stage("ingest", config, store, inputs=[image_root / "toygan" / "0_real"])
+            run_stage("caption", config, store)
+            SEEN_TF32.clear()
+            run_stage("ground", config, store)
+            seen[tf32], fps[tf32] = set(SEEN_TF32), make_stage("ground", config, store).fingerprint
+    finally:
+        GROUNDERS.unregister(RECORDING)
+    assert seen[None] == seen[False] == {(False, False)} and seen[True] == {(True, True)}
+    assert fps[None] == fps[False] != fps[True]  # a knob added later moves no cached fingerprint
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == outside  # put back
