@@ -144,7 +144,7 @@ class IngestStage(Job):
                 )
                 self.advance(len(probed))
         moved = self._moved(elsewhere, known, now_at, seen)
-        self._repair(moved, stale - set(moved))
+        self._repair(moved, stale - set(moved), wrote=stats.parts > 0)
         duplicates = stats.todo - stats.ok - stats.error
         if duplicates:
             log.info("ingest: %d file(s) repeat bytes already in the manifest (recorded in sources/)", duplicates)
@@ -198,7 +198,7 @@ class IngestStage(Job):
         results = iter(prober.map(readable) if readable else [])
         return [failed(s.path, s.error) if s.error is not None else next(results) for s in sources]
 
-    def _repair(self, moved: dict[str, str], stale: set[str]) -> None:
+    def _repair(self, moved: dict[str, str], stale: set[str], wrote: bool) -> None:
         """Point the manifest at the live path of images whose files moved, drop the error rows of paths
         that were fixed, and leave one row per key in manifest/ and sources/ (under the ingest locks)."""
         if moved:
@@ -211,7 +211,8 @@ class IngestStage(Job):
         if stale:
             log.info("ingest: %d error row(s) of files that were fixed since are gone from the manifest", len(stale))
         self.store.manifest.compact(drop=stale)
-        self.store.manifest.upgrade()  # parts written before the error columns get them: one schema to scan
+        if wrote or moved:  # parts written before the error columns beside new ones: one schema to scan
+            self.store.manifest.upgrade()
         self.store.sources.compact()
 
     def _seen_files(self, manifest: pa.Table) -> dict[str, tuple[int, int, str, str]]:

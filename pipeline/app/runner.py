@@ -4,7 +4,6 @@ what the store holds. The CLI, the demo, the Python API and DVC all go through h
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 
 import stages  # noqa: F401  (registers the built-in stages)
 from pipeline.engine.config import PipelineConfig
-from pipeline.engine.errors import UsageError, label
+from pipeline.engine.errors import UsageError, tally
 from pipeline.engine.executors import Executor
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.progress import Progress
@@ -166,11 +165,10 @@ def _counts(table, manifest_ids, own: str) -> tuple[int, int, int, dict[str, int
     unique = in_manifest.group_by("image_id").aggregate(
         [("status", "max"), ("error_kind", "min"), ("error_stage", "min")]
     )  # "ok" > "error": a retried id counts as ok
-    columns = (unique.column(c).to_pylist() for c in ("status_max", "error_kind_min", "error_stage_min"))
-    errors = Counter(label(kind, stage, own) for s, kind, stage in zip(*columns, strict=True) if s == "error")
     status = unique.column("status_max").to_pylist()
+    errors = tally(status, *(unique.column(c).to_pylist() for c in ("error_kind_min", "error_stage_min")), own)
     ok = sum(1 for s in status if s == "ok")
-    return ok, sum(errors.values()), len(manifest_ids) - len(status), dict(errors)
+    return ok, sum(errors.values()), len(manifest_ids) - len(status), errors
 
 
 def status(config: PipelineConfig, store: Store) -> list[StageStatus]:

@@ -145,7 +145,7 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 # Metadata of a field added to a stage's config after results were cached with it: at its default it
 # stays out of the identity, so adding a knob never moves a fingerprint (days of cached GPU work);
 # set to anything else, it enters the identity like every other field.
-ADDED_LATER = {"identity": "when not the default"}
+ADDED_LATER = {"added_later": True}
 
 
 def knob(default: Any) -> Any:
@@ -157,7 +157,7 @@ def identity_of(cfg: Any) -> dict[str, Any]:
     """The config's fields that determine results: every field, but added-later ones at their default."""
     out = as_dict(cfg)
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("identity") == ADDED_LATER["identity"] and getattr(cfg, f.name) == f.default:
+        if f.metadata.get("added_later") and getattr(cfg, f.name) == f.default:
             out.pop(f.name)
     return out
 

@@ -11,6 +11,7 @@ people only (`KINDS` words it): rewording a message changes no behaviour.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 
@@ -73,6 +74,12 @@ def error_fields(error: RowError | str, kind: str | None = None, stage: str | No
     else:
         text = error
     return {"status": "error", "error": text, "error_kind": kind or "unknown", "error_stage": stage}
+
+
+def tally(statuses: list[str], kinds: list[str | None], stages: list[str | None], own: str) -> dict[str, int]:
+    """Error rows counted by `label` (what `status` and a run's summary print)."""
+    rows = zip(statuses, kinds, stages, strict=True)
+    return dict(Counter(label(kind, stage, own) for status, kind, stage in rows if status == "error"))
 
 
 def label(kind: str | None, stage: str | None, own: str | None = None) -> str:

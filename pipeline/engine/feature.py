@@ -136,7 +136,6 @@ class FeatureStage(Stage):
             with out.lock(f"{self.name} [{self.fingerprint}]"):
                 return self._run_locked(ids, executor, progress, retry_errors)
         except BaseException:
-            self.close_feed()
             # A run that failed before its first part (a model that cannot load) leaves no empty
             # configuration folder behind for `status` to list.
             if new and not out.parts():
@@ -179,6 +178,7 @@ class FeatureStage(Stage):
                 break
             log.warning("%s [%s]: %d image(s) still missing after pass %d", self.name, fp, len(todo), attempt + 1)
         self._compact()
+        self.output.upgrade()  # parts written before the error columns beside new ones: one schema to scan
         if todo:  # never a success with rows missing: downstream stages would skip these images
             raise IncompleteRunError(
                 f"{self.name} [{fp}]: {len(todo)} image(s) still have no row after {PASSES} passes "
@@ -188,13 +188,10 @@ class FeatureStage(Stage):
         return stats
 
     def _compact(self) -> None:
-        """Exactly one row per image in the output folder once a run ends (see PartDir.compact), every
-        part with the current columns (parts written before the error columns are rewritten with them,
-        so a plain polars scan of the folder reads one schema)."""
+        """Exactly one row per image in the output folder once a run ends (see PartDir.compact)."""
         out = self.store.features(self.name, self.fingerprint, self.schema)
         if out.path.is_dir():
             out.compact(errors_only_for=self.store.manifest.index())
-            out.upgrade()
 
     def chunks(self, todo: set[str]) -> Iterator[tuple[str, pa.Table]]:
         """(part name, driver rows of `todo` with the lookup columns of the other inputs joined in)."""
@@ -227,15 +224,12 @@ class FeatureStage(Stage):
                 on_rows(batch.num_rows)
         table = pa.concat_tables(out) if out else self.schema.empty_table()
         written = self.output.write(table, metadata=self.identity(), name=name)
-        result = ChunkResult(written=written is not None, reported=on_rows is not None)
         columns = (table.column(c).to_pylist() for c in ("status", "error_kind", "error_stage"))
-        for status, kind, stage in zip(*columns, strict=True):
-            if status == STATUS_ERROR:
-                group = errors.label(kind, stage, self.name)
-                result.errors[group] = result.errors.get(group, 0) + 1
-        result.error = sum(result.errors.values())
-        result.ok = table.num_rows - result.error
-        return result
+        groups = errors.tally(*columns, self.name)
+        n_error = sum(groups.values())
+        return ChunkResult(
+            table.num_rows - n_error, n_error, written is not None, groups, reported=on_rows is not None
+        )
 
     def _process_table(self, batch: pa.Table, prepared: list[Any] | None) -> pa.Table:
         result = self.process(batch) if prepared is None else self.process(batch, prepared)

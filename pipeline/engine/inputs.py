@@ -83,11 +83,10 @@ def _join(chunk: pa.Table, lookups: dict[str, pa.Table]) -> pa.Table:
                 f"{name}.error": f"no {name} row for this image (run that stage again)",
                 f"{name}.error_kind": "missing_input",
             }
-            for column, value in fill.items():
-                if column in looked_up.column_names:
-                    i = looked_up.column_names.index(column)
-                    filled = pc.if_else(absent, pa.scalar(value, pa.string()), looked_up.column(i))
-                    looked_up = looked_up.set_column(i, column, filled)
+            for column, value in fill.items():  # every lookup is read with its status columns
+                i = looked_up.column_names.index(column)
+                filled = pc.if_else(absent, pa.scalar(value, pa.string()), looked_up.column(i))
+                looked_up = looked_up.set_column(i, column, filled)
         for field_, column in zip(looked_up.schema, looked_up.columns, strict=True):
             chunk = chunk.append_column(field_, column)
     return chunk

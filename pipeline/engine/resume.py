@@ -8,7 +8,6 @@ image, or the user restored the file). Decided by the rows' `error_kind` column,
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow as pa
 
 from pipeline.engine import errors, locations
 from pipeline.engine.keyindex import KeySet
+from pipeline.engine.keys import image_id_of_bytes
 from pipeline.engine.store import PartDir
 
 READ_BATCH = 64  # files read at once when checking whether read failures are readable again
@@ -71,4 +71,4 @@ def readable_again(out: PartDir, manifest: PartDir) -> list[str]:
 
 
 def _holds(data: bytes | OSError, image_id: str) -> bool:
-    return not isinstance(data, OSError) and hashlib.sha256(data).hexdigest() == image_id
+    return not isinstance(data, OSError) and image_id_of_bytes(data) == image_id

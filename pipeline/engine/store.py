@@ -267,11 +267,7 @@ class PartDir:
             if not len(rows):
                 part.unlink()
                 continue
-            table = pq.read_table(part).take(pa.array(rows, pa.int64()))  # schema metadata kept
-            tmp = self.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
-            with writing(self.path):
-                pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, part)
+            self.replace_part(part, pq.read_table(part).take(pa.array(rows, pa.int64())))  # metadata kept
         _fsync_dir(self.path)
         log.debug("compacted %s: %d superseded row(s) removed", self.path, removed)
         return removed
@@ -279,6 +275,14 @@ class PartDir:
     def upgrade(self) -> int:
         """Rewrite parts written before columns of the schema existed (see `upgrade_parts`)."""
         return upgrade_parts(self)
+
+    def replace_part(self, part: Path, table: pa.Table) -> None:
+        """Write `table` in place of `part`, atomically under its name (a temporary file, renamed).
+        Call only while holding the folder's lock."""
+        tmp = self.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
+        with writing(self.path):
+            pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, part)
 
     def ids(self, ok_only: bool = False) -> set[str]:
         """Every key that has a row (with `ok_only`, a row with status ok)."""
@@ -543,11 +547,7 @@ def upgrade_parts(part_dir: PartDir) -> int:
         if all(name in schema.names for name in part_dir.schema.names):
             continue
         table = part_dir.read_part(part, part_dir.schema.names).cast(part_dir.schema)
-        table = table.replace_schema_metadata(schema.metadata)
-        tmp = part_dir.path / f".{part.name}.{uuid.uuid4().hex[:6]}.tmp"
-        with writing(part_dir.path):
-            pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, part)
+        part_dir.replace_part(part, table.replace_schema_metadata(schema.metadata))
         rewritten += 1
     if rewritten:
         _fsync_dir(part_dir.path)
