@@ -8,6 +8,9 @@ ENV_STAMP = $(VENV)/.installed
 DATA ?= data
 PROFILE ?=
 INPUTS ?=
+# `make demo` runs in a data directory of its own, inside DATA: your data never meets demo rows
+DEMO_DATA = $(DATA)/demo
+DEMO_N ?= 40
 # `make reproduce`: the paper's datasets (folders, zips or tars); only CNNDETECTION is required
 CNNDETECTION ?=
 UFD ?=
@@ -24,8 +27,8 @@ OFFLINE = HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
-	@echo "variables: DATA=dir (data root, default data)  PROFILE=name (default: params.yaml's)"
-	@echo "           INPUTS=\"folders or lists\" (make ingest)  QUARANTINE=1 (make check)"
+	@echo "variables: DATA=dir (data root, default data; the demo's is DATA/demo)  PROFILE=name (default: params.yaml's)"
+	@echo "           INPUTS=\"folders or lists\" (make ingest)  QUARANTINE=1 (make check)  DEMO_N=40 (make demo: images per class and generator)"
 	@echo "           PYTHON=python3 (makes the environment)  VENV=.venv (where it lives)"
 	@echo "           CNNDETECTION= UFD= DIFFUSIONFORENSICS= GENIMAGE= TRAIN_COUNT=40000 (make reproduce)"
 
@@ -36,8 +39,8 @@ $(ENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(ENV_STAMP)
 
-demo: $(ENV_STAMP) ## synthetic images through every stage with the tiny profile (offline, random weights)
-	$(OFFLINE) $(ITEM) demo --data-dir $(DATA)
+demo: $(ENV_STAMP) ## synthetic images through every stage, tiny profile (offline, random weights), in data/demo (DATA/demo)
+	$(OFFLINE) $(ITEM) demo --data-dir $(DEMO_DATA) --n-per-class $(DEMO_N)
 
 test: $(ENV_STAMP) ## run the test suite (offline)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m pytest -q
@@ -68,7 +71,7 @@ gpu-check: ## one GPU, paper profile at full size (random weights): images/s per
 		--target /tmp/site .whl/*.whl; fi
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)$(if $(wildcard .whl),:/tmp/site) $(GPU_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: under 4 min, 2.5 when the build is kept; 8.5 GiB RAM; 9.5 GB disk in data/smoke-paper)
+smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: about 3 min, 2.5 when the build is kept; 8.2 GiB RAM; 9.5 GB disk in data/smoke-paper; see docs/datasets.md)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m benchmarks.smoke
 
 soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
@@ -109,5 +112,7 @@ status: $(ENV_STAMP) ## rows ok / error / missing per stage
 check: $(ENV_STAMP) ## find unreadable or foreign part files (QUARANTINE=1 moves them aside)
 	$(ITEM) check --data-dir $(DATA) $(if $(QUARANTINE),--quarantine)
 
-clean-demo: $(ENV_STAMP) ## remove the demo's generated images and outputs from $(DATA)
-	rm -rf $(DATA)/raw/demo $(DATA)/manifest $(DATA)/sources $(DATA)/features $(DATA)/models $(DATA)/reports
+clean-demo: ## remove the demo's data directory data/demo (DATA/demo), nothing else
+	@if [ -f "$(DEMO_DATA)/DEMO" ]; then rm -rf "$(DEMO_DATA)" && echo "removed $(DEMO_DATA)"; \
+	elif [ -e "$(DEMO_DATA)" ]; then echo "$(DEMO_DATA) was not made by the demo (no DEMO file): left alone" >&2; exit 1; \
+	else echo "no demo data in $(DEMO_DATA)"; fi

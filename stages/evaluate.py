@@ -13,7 +13,7 @@ from pipeline.engine.job import Job
 from pipeline.engine.stage import STAGES, RunStats
 from pipeline.engine.store import read_json, write_json
 from pipeline.method.evaluation import evaluate_head, evaluation_key
-from pipeline.method.heads import FittedHead
+from pipeline.method.heads import CONFIG, FittedHead, describe, resolve_model, varying
 from pipeline.method.metrics import LABELS, METRICS, table
 from pipeline.method.rows import labelled_rows, latest_model
 
@@ -56,10 +56,13 @@ class EvaluateStage(Job):
         return {"model": r["model"], "head": r.get("head"), "split": r["split"], "all": r["all"], "mean": r["mean"]}
 
     def compute(self, stats: RunStats) -> None:
-        models = self.models or [latest_model(self.store)]
+        models = [resolve_model(self.store.models, m) for m in self.models or [latest_model(self.store)]]
+        fits = [(read_json(model / CONFIG) or {}).get("fit") or {} for model in models]
+        vary = varying(fits)
         self.results = []
-        for model in models:
-            result, fresh = self._evaluate(Path(model))
+        for model, fit in zip(models, fits, strict=True):
+            result, fresh = self._evaluate(model)
+            result = {**result, "label": describe(model.name, fit, vary)}  # what tells the heads apart in a table
             self.results.append(result)
             stats.ok += result["all"]["n"] if fresh else 0  # rows scored now, not read from the cache
         self.result = self.results[0]
@@ -94,8 +97,17 @@ class EvaluateStage(Job):
     def _write_reports(self) -> None:
         reports = self.store.reports
         reports.mkdir(parents=True, exist_ok=True)
-        summary = {r["model"]: {"split": r["split"], "all": r["all"], "mean": r["mean"]} for r in self.results}
+        summary = {
+            r["model"]: {"label": r["label"], "split": r["split"], "all": r["all"], "mean": r["mean"]}
+            for r in self.results
+        }
         write_json(reports / "metrics.json", summary)
+        labelled = labelled_results(self.results)
         for metric in (*METRICS, "acc_calibrated"):
-            (reports / f"{metric}.csv").write_text(table(self.results, metric, markdown=False) + "\n")
-            (reports / f"{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(self.results, metric)}\n")
+            (reports / f"{metric}.csv").write_text(table(self.results, metric, markdown=False) + "\n")  # plain names
+            (reports / f"{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(labelled, metric)}\n")
+
+
+def labelled_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results with each row named by its label (folder, features, w1/w2, other knobs), for tables."""
+    return [{**r, "model": r.get("label") or r["model"]} for r in results]

@@ -2,6 +2,9 @@
 
 from pipeline.app.api import predict
 rows = predict(["photos/", "more/*.jpg"], data_dir="data")
+
+Problems a user can fix (a path that matches nothing, no fitted head) raise `UsageError` (re-exported
+here) with a one-line message.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pipeline.engine.errors import UsageError
 from pipeline.engine.progress import Progress
 from pipeline.engine.stage import STAGES
 from pipeline.engine.store import Store
-from pipeline.method.heads import FittedHead
+from pipeline.method.heads import FittedHead, resolve_model
 from pipeline.method.misalignment import object_cosines
 from pipeline.method.rows import latest_model
 
@@ -46,14 +49,20 @@ def predict(
     """Score every file under `paths` (folders, globs, CSV/Parquet lists, image files).
 
     Returns one dict per input file: image_id, path, score (calibrated P(fake)), decision ("fake" |
-    "real" at the calibrated threshold), caption, objects (phrase, box, score, cosine of crop and
-    phrase), status and error. Files that cannot be scored get status "error" and the reason.
+    "real" at the calibrated threshold), threshold, head (its folder under models/), caption, objects
+    (phrase, box, score, cosine of crop and phrase), status and error. Files that cannot be scored get
+    status "error" and the reason. `model`: a head folder or its name under models/ (default: the head
+    the last `item fit` ran, models/LATEST).
     """
     store = Store(data_dir)
-    head = load_head(Path(model) if model else latest_model(store))
-    config = head_pipeline(head, runtime)
-    options = {"ingest": {"inputs": list(paths), "dataset": "predict", "unassigned": True}}
-    sources = make_stage("ingest", config, store, **options["ingest"]).sources()
+    paths = list(paths)
+    try:  # a path or glob that matches nothing, no fitted head: one UsageError line for a script to print
+        head = choose_head(store, model)
+        config = head_pipeline(head, runtime)
+        options = {"ingest": {"inputs": paths, "dataset": "predict", "unassigned": True}}
+        sources = make_stage("ingest", config, store, **options["ingest"]).sources()
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
     if not sources:
         raise UsageError(f"no files to score under {', '.join(str(p) for p in paths)}")
     [(ingest, _)] = run_steps(["ingest"], config, store, progress, options=options)
@@ -73,6 +82,12 @@ def predict(
         _output_row(source.path, image_id, by_id.get(image_id)) for source, image_id in zip(sources, ids, strict=True)
     ]
     return decide(rows, head.calibration["threshold"], head.name)
+
+
+def choose_head(store: Store, model: str | Path | None = None) -> FittedHead:
+    """The head `model` names (a folder, or a folder name under models/), else the default: the head
+    the last `item fit` ran (`models/LATEST`)."""
+    return load_head(resolve_model(store.models, model) if model else latest_model(store))
 
 
 def load_head(directory: Path) -> FittedHead:
@@ -157,11 +172,13 @@ def _output_row(path: str, image_id: str | None, row: dict[str, Any] | None) -> 
 
 def decide(rows: list[dict[str, Any]], threshold: float, head: str) -> list[dict[str, Any]]:
     """Fill `decision` from `score` at `threshold`; every row names the head and the threshold used."""
+    out = []
     for row in rows:
-        row["threshold"], row["head"] = threshold, head
+        row = {**row, "threshold": threshold, "head": head}
         if row["score"] is not None:
             row["decision"] = "fake" if row["score"] >= threshold else "real"
-    return rows
+        out.append({k: row[k] for k in ROW_SCHEMA} | {k: v for k, v in row.items() if k not in ROW_SCHEMA})
+    return out  # every format in one column order: ROW_SCHEMA's (threshold and head after decision)
 
 
 OUTPUT_FORMATS = (".csv", ".json", ".jsonl", ".parquet")

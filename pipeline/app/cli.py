@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.app import demo as demo_recipe
-from pipeline.app.api import check_output, write_rows
+from pipeline.app.api import check_output, choose_head, write_rows
 from pipeline.app.api import predict as run_predict
 from pipeline.app.plugins import load_plugins
 from pipeline.app.progress import ProgressBar
@@ -29,11 +29,13 @@ from pipeline.engine.feature import IncompleteRunError, SystemicError, WorkerMis
 from pipeline.engine.log import setup_logging
 from pipeline.engine.registry import UnknownNameError
 from pipeline.engine.stage import STAGES
-from pipeline.engine.store import LockedError, Store, StoreError, check_parts
+from pipeline.engine.store import LockedError, Store, StoreError, check_parts, read_json
 from pipeline.method.evaluation import format_tables
+from pipeline.method.heads import describe, varying
 from pipeline.method.protocol import Protocol
-from pipeline.method.rows import all_models
+from pipeline.method.rows import all_models, latest_model
 from stages.baselines import leakage_warning
+from stages.evaluate import labelled_results
 
 app = typer.Typer(
     add_completion=True,  # item --install-completion / --show-completion
@@ -224,7 +226,7 @@ def _run(name: str, config, store, executor=None, retry_errors: bool = False, **
 
 
 def _report(stats) -> None:
-    if stats.computed == 0 and stats.todo == 0:
+    if stats.computed == 0:  # one wording whatever the stage counted as to-do (ingest: files seen before)
         typer.echo(f"{stats.stage:<9} [{stats.fingerprint}] up to date: nothing to compute ({stats.seconds:.2f}s)")
         return
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats.errors.items()))
@@ -336,7 +338,13 @@ def fit(
 @app.command()
 @common(*BASIC)
 def evaluate(
-    model: Annotated[list[Path] | None, typer.Option(help="Head folder(s) (default: the latest fitted).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="DIR|NAME",
+            help="Head folder(s), or names under models/ (default: the head the last `item fit` ran).",
+        ),
+    ] = None,
     all_heads: Annotated[bool, typer.Option("--all", help="Evaluate every head under models/.")] = False,
     heads: Annotated[
         str | None,
@@ -369,7 +377,7 @@ def _print_comparison(results: list[dict[str, Any]]) -> None:
 
 
 def _print_evaluation(stage, store, metrics: tuple[str, ...] = ("acc", "ap", "acc_calibrated")) -> None:
-    typer.echo(format_tables(stage.results, metrics))
+    typer.echo(format_tables(labelled_results(stage.results), metrics))
     typer.echo(f"all tables and metrics.json: {store.reports}")
 
 
@@ -383,24 +391,33 @@ def predict(
             "--out", "-o", help="Output: a .csv, .json, .jsonl or .parquet file, or - (JSON lines on stdout)."
         ),
     ],
-    model: Annotated[Path | None, typer.Option(help="Head folder (default: the latest fitted).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR|NAME",
+            help="Head folder, or its name under models/ (default: the head the last `item fit` ran, "
+            "models/LATEST; `item status` names it).",
+        ),
+    ] = None,
     opts: Common = Common(),
 ) -> None:
     """Score images with a fitted head: runs whichever stages are missing for them (the cache is reused)
     with the head's own model configuration, then writes one row per input file: image_id, path,
-    score = P(fake) (calibrated), decision, caption, objects with their image-phrase cosine, status
-    and error. Broken files get a row with the reason."""
+    score = P(fake) (calibrated), decision, threshold, head, caption, objects with their image-phrase
+    cosine, status and error. Broken files get a row with the reason. The summary line names the head."""
     _setup(opts, read_params=False)
     check_output(out)  # a bad --out fails before any work
+    head = choose_head(Store(opts.data_dir), model)
     runtime = {"device": opts.device, "batch_size": opts.batch_size}
     with _Bars() as bars:
-        rows = run_predict(inputs, model=model, data_dir=opts.data_dir, progress=bars, runtime=runtime)
+        rows = run_predict(inputs, model=head.directory, data_dir=opts.data_dir, progress=bars, runtime=runtime)
     write_rows(rows, out)
     n_fake = sum(r["decision"] == "fake" for r in rows)
     n_err = sum(r["status"] == "error" for r in rows)
+    which = "--model" if model else "the default, models/LATEST; --model pins another"
     typer.echo(
         f"predict: {len(rows)} file(s): {n_fake} fake, {len(rows) - n_fake - n_err} real, {n_err} error -> "
-        f"{'stdout' if out == '-' else out}",
+        f"{'stdout' if out == '-' else out}; head {head.description} ({which})",
         err=out == "-",  # stdout carries the rows then
     )
 
@@ -419,31 +436,57 @@ def status(opts: Common = Common()) -> None:
             typer.echo(f"{'':<23}{n:>8}  {reason}")
         if s.other_fingerprints:
             typer.echo(f"{'':<23}other configurations on disk: {', '.join(s.other_fingerprints)}")
+    _print_heads(store)
+
+
+def _print_heads(store: Store) -> None:
+    """The default head (what predict, evaluate and report use without --model) and the others."""
+    heads = all_models(store)
+    if not heads:
+        typer.echo("heads: none fitted yet (`item fit`)")
+        return
+    try:
+        default = latest_model(store)
+    except (FileNotFoundError, UsageError):
+        default = None
+    fits = [(read_json(folder / "config.json") or {}).get("fit") or {} for folder in heads]
+    vary = varying(fits)
+    typer.echo("heads (* the default: the head the last `item fit` ran, models/LATEST; --model pins another):")
+    for folder, fit in zip(heads, fits, strict=True):
+        typer.echo(f"  {'*' if folder == default else ' '} {describe(folder.name, fit, vary)}")
 
 
 @app.command()
-@common("data_dir", "verbose")
+@common("verbose")
 def demo(
-    opts: Common = Common(),
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir", "-d", help="The demo's own data root, apart from your data (ITEM_DATA_DIR is not read)."
+        ),
+    ] = demo_recipe.DEFAULT_ROOT,
     n_per_class: Annotated[int, typer.Option(help="Images per class and generator.")] = 40,
+    opts: Common = Common(),
 ) -> None:
-    """Make a small synthetic image set (nothing downloaded), run every stage on it with the tiny
-    profile (and on the robustness grid of its test images), evaluate, compare with the baselines,
-    write the HTML report, and score a folder of unseen images: random-weight models, so the numbers
-    only show that the pipeline works."""
-    opts = dataclasses.replace(opts, profile="tiny", chunk_size=64)
+    """Make a small synthetic image set (nothing downloaded) in a data directory of its own (data/demo;
+    one holding other data is refused), run every stage on it with the tiny profile (and on the
+    robustness grid of its test images), evaluate, compare with the baselines, write the HTML report,
+    and score a folder of unseen images: random-weight models, so the numbers only show that the
+    pipeline works. `make clean-demo` removes that folder."""
+    opts = dataclasses.replace(opts, data_dir=data_dir, profile="tiny", chunk_size=64)
     config, store = _setup(opts, read_params=False)
+    if not opts.verbose:  # the stages' INFO notes vary between a first and a later run; the summary lines do not
+        logging.getLogger("stages").setLevel(logging.WARNING)
+    demo_recipe.claim_root(store.root)
     start = time.perf_counter()
     images = demo_recipe.make_images(store.root / demo_recipe.IMAGES, n_per_class)
     typer.echo(f"demo images: {images}")
     with _Bars() as bars:
         done = demo_recipe.run_demo(config, store, images, bars, bars.finished)
     _print_evaluation(done.evaluation, store, ("acc", "ap"))
-    typer.echo("comparison with baselines trained on the same cache:")
-    if done.comparison is None:  # nothing changed since the last demo: its comparison stands
-        typer.echo("\n".join(p.read_text() for p in done.cached_comparison) + "(unchanged: from reports/)")
-    else:
-        _print_comparison(done.comparison)
+    unchanged = "" if done.fresh else " (unchanged since the last run: from reports/)"
+    typer.echo(f"comparison with baselines trained on the same cache{unchanged}:")
+    _print_comparison(done.comparison)
     typer.echo(f"robustness grid: {done.derived} derived images; report: {done.report}")
     typer.echo(f"predict on {len(done.predictions)} unseen file(s) in {done.unseen} -> {done.predictions_file}")
     for r in done.predictions:
@@ -598,14 +641,71 @@ def bench(
     harness.main([*options, *([] if record else ["--no-record"]), *(["-v"] if opts.verbose else [])])
 
 
-def main() -> None:
+# typer's own usage errors (an unknown option, a missing argument, a bad value): the base class of its
+# BadParameter, found by name so that a vendored or a plain click both work.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+METAVARS = {"path": "PATH", "integer": "INT", "float": "FLOAT", "text": "TEXT"}
 
+
+def plain_metavars(command) -> None:
+    """Help placeholders in words (`--out TEXT`, `INPUTS...`), not Python types (`<str>`, `<list[Path]>`);
+    flags get none."""
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+    for param in command.params:
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument":
+            word = _type_word(param) + ("..." if param.nargs != 1 else "")
+            param.metavar = param.name.upper()  # the usage line adds its own "..."
+            param.display_type_rich = lambda ctx, word=word: word  # the type column: PATH, not <list[Path]>
+        else:
+            param.metavar = _type_word(param)
+    made = command.get_help_option  # --help is made when help is shown: a flag, no placeholder
+
+    def help_option(ctx, made=made):
+        option = made(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+
+
+def _type_word(param) -> str:
+    desc = getattr(param, "type_descriptor", None)  # typer's own parameters
+    if desc is not None:
+        bare = param.bare_type().removeprefix("list[").removesuffix("]")  # a list's element
+        if desc.is_path or bare == "Path":
+            return "PATH"
+        name = {"str": "text", "int": "integer", "float": "float"}.get(bare, bare)
+    else:
+        name = param.type.name
+    return METAVARS.get(name, name.upper())
+
+
+def main() -> None:
     # What a user can act on is one line (with -v, its traceback too); any other exception is a bug
     # and keeps its traceback.
     try:
         load_plugins()  # stages of other packages register themselves, and get their commands
         stage_commands()
-        app()
+        command = typer.main.get_command(app)
+        plain_metavars(command)
+        code = command.main(standalone_mode=False)
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `item` alone: the help
+            typer.echo(e.format_message())
+            raise SystemExit(0) from None
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        raise SystemExit(2 if e.exit_code == 2 else e.exit_code) from None
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        raise SystemExit(1) from None
     except (
         UsageError,
         UnknownNameError,
@@ -619,6 +719,7 @@ def main() -> None:
         log.debug("failed", exc_info=True)
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

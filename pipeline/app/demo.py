@@ -19,16 +19,19 @@ from PIL import Image, ImageFilter
 
 from pipeline.app.api import predict, write_rows
 from pipeline.app.report import build as build_report
-from pipeline.app.runner import StageDone, compare, run_steps, stage_range
+from pipeline.app.runner import StageDone, cached_comparison, compare, run_steps, stage_range
 from pipeline.engine.config import PipelineConfig
+from pipeline.engine.errors import UsageError
 from pipeline.engine.progress import Progress
 from pipeline.engine.stage import Stage
 from pipeline.engine.store import Store
 
 SIZE = 256
 GENERATORS = ("toygan", "toydiff")
-IMAGES = Path("raw") / "demo"  # under the data root: the demo's images, and its unseen ones beside them
+IMAGES = Path("raw") / "demo"  # under the demo's data root: its images, and its unseen ones beside them
 UNSEEN = Path("raw") / "demo-unseen"
+DEFAULT_ROOT = Path("data") / "demo"  # a data root of its own: a user's `data/` never meets demo rows
+MARKER = "DEMO"  # in the demo's root: what `make clean-demo` checks before it removes the folder
 BASELINES = ("item", "unifd", "defake", "cosine", "format")  # the methods the demo compares
 
 
@@ -57,6 +60,24 @@ def add_artifact(img: np.ndarray, generator: str, rng: np.random.Generator) -> n
         mean = smooth.mean(axis=2, keepdims=True)
         return np.clip(mean + 2.5 * (smooth - mean), 0, 1)
     raise ValueError(f"unknown demo generator {generator!r}")
+
+
+def claim_root(root: Path) -> None:
+    """Make `root` the demo's data root, or refuse one that holds other data (the demo's rows must never
+    mix with a user's, and `make clean-demo` removes the whole folder)."""
+    marker = root / MARKER
+    if marker.exists():
+        return
+    demo_raw = {IMAGES.name, UNSEEN.name}
+    others = sorted(p.name for p in root.iterdir() if p.name != "raw") if root.is_dir() else []
+    others += sorted(f"raw/{p.name}" for p in (root / "raw").glob("*") if p.name not in demo_raw)
+    if others:
+        raise UsageError(
+            f"{root} holds data that is not the demo's ({', '.join(others[:4])}): the demo runs in a data "
+            f"directory of its own (default {DEFAULT_ROOT}); give a new or empty --data-dir"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by `item demo`; `make clean-demo` removes this folder\n")
 
 
 def make_images(root: Path, n_per_class: int = 40, seed: int = 0) -> Path:
@@ -103,8 +124,8 @@ class DemoRun:
     """What the demo did, for the CLI to print."""
 
     evaluation: Stage  # the evaluate stage of the fitted head
-    comparison: list[dict[str, Any]] | None  # None: nothing changed, the tables in `cached_comparison` stand
-    cached_comparison: list[Path]
+    comparison: list[dict[str, Any]]  # the baselines' results (from reports/ when nothing changed)
+    fresh: bool  # whether the comparison and the report were made now
     derived: int  # images of the robustness grid
     report: Path
     unseen: Path
@@ -135,13 +156,13 @@ def run_demo(
     evaluated = steps(["evaluate"])
     computed = sum(stats.computed for _, stats in ran + evaluated)
     report = store.reports / "report.html"
-    cached = [store.reports / f"comparison_{m}.md" for m in ("acc", "ap")]
-    comparison = None
-    if computed or not report.exists() or not all(p.exists() for p in cached):
+    comparison = cached_comparison(store)
+    fresh = computed or not report.exists() or comparison is None
+    if fresh:
         comparison = compare(list(BASELINES), config, store)
         report = build_report(config, store)
     unseen = make_unseen(store.root / UNSEEN)
     rows = predict([unseen], data_dir=store.root, runtime={"chunk_size": 64})
     out = store.reports / "demo-predictions.csv"
     write_rows(rows, out)
-    return DemoRun(evaluated[0][0], comparison, cached, len(derived), report, unseen, rows, out, computed)
+    return DemoRun(evaluated[0][0], comparison, bool(fresh), len(derived), report, unseen, rows, out, computed)

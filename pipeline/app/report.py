@@ -48,17 +48,22 @@ def table_html(rows: list[list[str]], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def markdown_html(markdown: str) -> str:
+    """A table of `pipeline.method.metrics.table` (what the terminal prints: the `n (real/fake)` row,
+    cells marked †) as HTML, its footnote as a note below it."""
+    lines = markdown.splitlines()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    notes = [line.strip() for line in lines if line.strip() and not line.startswith(("|", "#"))]
+    body = [r for r in rows[1:] if not all(set(c) <= set("-:") for c in r)]  # the |---| line left out
+    note = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
+    return table_html(body, rows[0]) + note if rows else note
+
+
 def metric_table(results: list[dict[str, Any]], metric: str) -> str:
-    generators = sorted({g for r in results for g in r["generators"]})
+    """Rows = heads, columns = generators and the mean over them, as the terminal shows them."""
+    from pipeline.method.metrics import table
 
-    def cell(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.2f}"
-
-    rows = [
-        [r["model"], *(cell(r["generators"].get(g, {}).get(metric)) for g in generators), cell(r["mean"].get(metric))]
-        for r in results
-    ]
-    return table_html(rows, ["method", *generators, "mean"])
+    return markdown_html(table(results, metric))
 
 
 def thumbnail(path: str, objects: list[dict[str, Any]], max_pixels: int, size: int = 320, image_id=None) -> bytes:
@@ -119,7 +124,12 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
             "<p class='warn'>tiny profile: random-weight models. These numbers only show that the "
             "pipeline runs end to end; they say nothing about detection.</p>"
         )
-    parts.append("<h2>Evaluation</h2>")
+    parts.append(
+        "<h2>Evaluation</h2><p class='note'>One row per head; a column per generator, each scored on its own "
+        "real and fake images, and <b>mean</b>: the mean over the generators' columns (the paper's "
+        "layout). The last row gives the images each column rests on, <b>n (real/fake)</b>; † marks a "
+        "cell resting on too few of either class to trust.</p>"
+    )
     for metric, name in (
         ("acc", "ACC at 0.5"),
         ("ap", "AP"),
@@ -127,22 +137,27 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
         ("acc_calibrated", "ACC, calibrated"),
         ("tpr_at_5fpr", "TPR at 5% FPR"),
     ):
-        parts.append(f"<h3>{name} (%)</h3>{metric_table([result], metric)}")
+        named = {**result, "model": result.get("label") or result["model"]}  # folder, features, w1/w2
+        parts.append(f"<h3>{name} (%)</h3>{metric_table([named], metric)}")
     comparison = reports / "comparison.json"
     if comparison.exists():
         parts.append("<h2>Baselines on the same cache</h2>")
         for metric in ("acc", "ap"):
-            md = (reports / f"comparison_{metric}.md").read_text().splitlines()
-            rows = [[c.strip() for c in line.strip("|").split("|")] for line in md if line.startswith("|")]
-            parts.append(f"<h3>{metric.upper()} (%)</h3>" + table_html(rows[2:], rows[0]))
+            md = (reports / f"comparison_{metric}.md").read_text()
+            parts.append(f"<h3>{metric.upper()} (%)</h3>" + markdown_html(md))
     distance_fp = head.config["features"]["fingerprint"]
     test = labelled_rows(store, distance_fp, result["split"])
     x = head.features(to_numpy(test["d_global"]), to_numpy(test["d_local"]))
     scores = head.predict_proba(x)
     labels = test["label"].to_numpy()
-    parts.append("<h2>Plots</h2>")
+    parts.append(
+        "<h2>Plots</h2><p class='note'>The PR and ROC curves pool every test image into one ranking, so "
+        "their AP and AUC (in the titles) can differ from the tables' <b>mean</b>, which averages the "
+        "per-generator figures; the bars show each generator's AP.</p>"
+    )
     if len(set(labels.tolist())) == 2:
-        parts.append(img_tag(plots.pr_roc(labels, scores, figures / "pr_roc.png", head.name), "PR and ROC curves"))
+        pooled = f"{head.name}: all {len(labels)} test images pooled"
+        parts.append(img_tag(plots.pr_roc(labels, scores, figures / "pr_roc.png", pooled), "PR and ROC curves"))
     parts.append(img_tag(plots.generator_bars([result], "ap", figures / "generators_ap.png"), "AP per generator"))
     everything = labelled_rows(store, distance_fp)
     if everything.height > 5:
@@ -174,7 +189,17 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
         parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
     if not formatbias.warnings(bias):
         parts.append("<p class='note'>No systematic difference between real and fake storage found.</p>")
-    parts.append("<h2>Explanations</h2>" + explanations(config, store, head, test, scores, sample))
+    half = sample // 2
+    parts.append(
+        "<h2>Explanations</h2><p class='note'>How these were chosen: the "
+        f"{half} test images the head scores most real (lowest P(fake)) and the {sample - half} it scores "
+        "most fake (highest), so the head's surest calls; `item report --sample N` shows more. Each card: "
+        "the image with the grounded objects' boxes, numbered; the <b>true label</b> "
+        "(<b class='real'>real</b> / <b class='fake'>fake</b>, from the manifest); <b>P(fake)</b>, the "
+        "head's uncalibrated score (≥ 0.5 is called fake); the generator; the caption; and per object its "
+        "phrase, the grounder's box score and the CLIP cosine between crop and phrase (low: the object "
+        "matches its words poorly, what ITEM looks for).</p>" + explanations(config, store, head, test, scores, sample)
+    )
     page = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>ITEM report</title>"
         f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
@@ -219,7 +244,7 @@ def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame,
         caption = (frames["caption"].get(image_id) or {}).get("caption") or ""
         cards.append(
             f"<div class='card'>{img_tag(thumbnail(paths[image_id], objects, max_pixels, image_id=image_id), caption)}"
-            f"<p><b class='{truth}'>{truth}</b> &middot; P(fake) {scores[int(i)]:.3f} &middot; "
+            f"<p>true label <b class='{truth}'>{truth}</b> &middot; P(fake) {scores[int(i)]:.3f} &middot; "
             f"{html.escape(test['generator'][int(i)] or '-')}</p><p>&ldquo;{html.escape(caption)}&rdquo;</p>"
             + (
                 table_html(rows, ["#", "phrase", "box score", "cosine"])

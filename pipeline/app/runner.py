@@ -18,8 +18,9 @@ from pipeline.engine.executors import Executor
 from pipeline.engine.feature import FeatureStage
 from pipeline.engine.progress import Progress
 from pipeline.engine.stage import MANIFEST, STAGES, RunStats, Stage
-from pipeline.engine.store import Store, write_json
+from pipeline.engine.store import Store, read_json, write_json
 from pipeline.method.metrics import LABELS, table
+from stages.baselines import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ def stage_range(first: str, last: str) -> list[str]:
 def compare(methods: list[str], config: PipelineConfig, store: Store, split: str = "test") -> list[dict[str, Any]]:
     """One evaluation result per method, in the order given: `item` is the fit stage's head scored by
     evaluate; every other name is a baseline trained on the same cache. Writes the comparison tables."""
+    known = ["item", *METHODS.names()]
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r} for --heads; known: {', '.join(known)}")
     baselines = [m for m in methods if m != "item"]
     by_name: dict[str, dict[str, Any]] = {}
     if baselines:
@@ -128,6 +133,16 @@ def write_comparison(results: list[dict[str, Any]], store: Store) -> None:
         (store.reports / f"comparison_{metric}.md").write_text(f"### {LABELS[metric]}\n\n{table(results, metric)}\n")
     summary = {r["method"]: {"model": r["model_dir"], "all": r["all"], "mean": r["mean"]} for r in results}
     write_json(store.reports / "comparison.json", summary)
+    write_json(store.reports / COMPARISON_RESULTS, results)  # in full: a later run prints the same tables
+
+
+COMPARISON_RESULTS = "comparison_results.json"
+
+
+def cached_comparison(store: Store) -> list[dict[str, Any]] | None:
+    """The results the last `compare` wrote, or None."""
+    results = read_json(store.reports / COMPARISON_RESULTS)
+    return results if isinstance(results, list) and results else None
 
 
 def write_summary(stage: Stage) -> Path | None:

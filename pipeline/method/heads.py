@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -320,6 +321,12 @@ class FittedHead:
     def name(self) -> str:
         return self.directory.name
 
+    @property
+    def description(self) -> str:
+        """The folder name (head kind and fingerprint) and what else tells this head from others:
+        `mlp-3f2a9c1d04be (both, w1=1, w2=0.5)`."""
+        return describe(self.name, self.config.get("fit") or {})
+
     def features(self, d_global: np.ndarray, d_local: np.ndarray) -> np.ndarray:
         return feature_matrix(d_global, d_local, self.fit_cfg.features, self.fit_cfg.w1, self.fit_cfg.w2)
 
@@ -330,6 +337,42 @@ class FittedHead:
     def predict_calibrated(self, x: np.ndarray) -> np.ndarray:
         """P(fake) after temperature scaling fitted on the validation split."""
         return sigmoid(self.head.logits(x) / self.calibration["temperature"])
+
+
+def _number(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe(name: str, fit: dict[str, Any], vary: Iterable[str] = ()) -> str:
+    """`name (features, w1=.., w2=..[, the knobs in `vary`][, the rows it was narrowed to])` for a head
+    fitted with the fit section `fit`: what a table row, predict and status call it. `vary`: the knobs
+    that differ between the heads shown together (`varying`)."""
+    parts = [str(fit.get("features", "both")), f"w1={_number(fit.get('w1', 1.0))}", f"w2={_number(fit.get('w2', 1.0))}"]
+    parts += [f"{key}={_number(fit[key])}" for key in vary if key in fit and key not in SHOWN]
+    known = {f.name for f in dataclasses.fields(HeadConfig)}
+    for key in sorted(set(fit) - known):  # which rows it trained on, when narrowed
+        if isinstance(fit[key], (list, tuple)) and fit[key]:
+            parts.append(f"{key}={','.join(map(str, fit[key]))}")
+    return f"{name} ({', '.join(parts)})"
+
+
+SHOWN = ("head", "features", "w1", "w2")  # the folder name carries the head kind
+
+
+def varying(fits: Iterable[dict[str, Any]]) -> list[str]:
+    """The fit knobs whose values differ between these heads' fit sections (beyond head, features, w1, w2)."""
+    fits = list(fits)
+    keys = sorted({k for f in fits for k in f} - set(SHOWN))
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in fits}) > 1]
+
+
+def resolve_model(models: Path, model: str | Path) -> Path:
+    """A head given as a folder path, or as a folder name under `models/` (`mlp-3f2a9c1d04be`)."""
+    model = Path(model)
+    by_name = models / model
+    if not model.exists() and len(model.parts) == 1 and (by_name / CONFIG).is_file():
+        return by_name
+    return model
 
 
 def save_head(directory: Path, head: Head, config: dict[str, Any]) -> Path:
