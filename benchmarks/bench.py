@@ -635,11 +635,18 @@ def sizes_of(mix: str, n: int, seed: int = 0) -> list[tuple[int, int]]:
     return out
 
 
-def bench_batch_fill(n_images: int = 1024, batch_size: int = 16) -> list[dict[str, Any]]:
+def bench_batch_fill(
+    n_images: int = 4096, batch_size: int = 16, pad_multiple: int | None = None
+) -> list[dict[str, Any]]:
     """`batch fill`: mean images per Grounding DINO call over the batch size, the no-op grounder at the
-    paper's 800/1333 resize counting its calls, on each size mix (images ingested in random order)."""
+    paper's 800/1333 resize and bucket padding (`ground.pad_multiple`) counting its calls, on each size
+    mix (images ingested in random order). The fill grows with the rows sorted together (a run sorts
+    ORDER_WINDOW chunks, 4,096 rows by default): one such window of images."""
     from PIL import Image
 
+    paper = STAGES.get("ground").config_class()
+    pad = paper.pad_multiple if pad_multiple is None else pad_multiple
+    ground = {"shortest_edge": paper.shortest_edge, "longest_edge": paper.longest_edge, "pad_multiple": pad}
     figures = []
     for mix in SIZE_MIXES:
         with tempfile.TemporaryDirectory() as tmp:
@@ -648,7 +655,7 @@ def bench_batch_fill(n_images: int = 1024, batch_size: int = 16) -> list[dict[st
             for k, (w, h) in enumerate(sizes_of(mix, n_images)):
                 Image.new("RGB", (w, h), (k % 256, k // 256 % 256, 160)).save(folder / f"{k:05d}.png")  # distinct
             store = Store(Path(tmp) / "data")
-            config = resolve("tiny", {}, {"batch_size": batch_size, "device": "cpu"})
+            config = resolve("tiny", {"ground": ground}, {"batch_size": batch_size, "device": "cpu"})
             run_stage("ingest", config, store, inputs=[folder])
             ids = store.manifest.read(["image_id"]).column("image_id").to_pylist()
             write_rows(store, config, "caption", len(ids), image_id=ids, caption=[CAPTION] * len(ids))
@@ -666,6 +673,7 @@ def bench_batch_fill(n_images: int = 1024, batch_size: int = 16) -> list[dict[st
                     fill >= 0.9,
                     calls=len(calls),
                     batch_size=batch_size,
+                    pad_multiple=pad,
                     distinct_sizes=len(set(sizes_of(mix, n_images))),
                 )
             )

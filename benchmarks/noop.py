@@ -8,6 +8,7 @@ the id check, preprocessing, batching and writing. Nothing here is used outside 
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 from typing import Any
 
@@ -68,8 +69,9 @@ class NoopGrounder(TransformersGroundingDino):
     of the model and its post-processing."""
 
     def __init__(self, stage: Any) -> None:
-        del stage  # the paper's sizes whatever the stage's profile: the cost a real run pays
-        super().__init__(STAGES.get("ground").config_class(), "cpu")
+        # the paper's sizes whatever the stage's profile (the cost a real run pays), the stage's padding
+        paper = STAGES.get("ground").config_class()
+        super().__init__(dataclasses.replace(paper, pad_multiple=stage.cfg.pad_multiple), "cpu")
         self.calls: list[int] = []  # images per model call (make bench's batch fill)
 
     @cached_property

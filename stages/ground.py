@@ -17,6 +17,7 @@ from pipeline.engine.imageio import ImageDecodeError
 from pipeline.engine.inputs import ImageRows, image_only
 from pipeline.engine.stage import STAGES
 from pipeline.models import GROUNDERS, Grounder, shared_backend
+from pipeline.models.grounders import model_shape
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class GroundConfig(HubModel):
     max_objects: int = 16  # keep the highest-scoring objects
     shortest_edge: int = 800
     longest_edge: int = 1333
+    # Each resized side padded (masked) up to the next multiple of this, or of the edges above, for
+    # batching: images of nearby sizes share a model call (transformers backend; 0: every image at
+    # its own resized shape, one call per shape). Ours, not the paper's (docs/method.md).
+    pad_multiple: int = 128
     text_encoder: str | None = None  # groundingdino-py only: BERT hub id or local directory
     config_file: str | None = None  # groundingdino-py only: its model config (.py)
     seed: int = 0
@@ -46,6 +51,10 @@ class GroundConfig(HubModel):
                 raise ConfigError(f"ground.{name} must be in [0, 1]")
         if self.max_objects < 1:
             raise ConfigError("ground.max_objects must be >= 1")
+        if not 1 <= self.shortest_edge <= self.longest_edge:
+            raise ConfigError("ground.shortest_edge must be >= 1 and <= ground.longest_edge")
+        if self.pad_multiple < 0:
+            raise ConfigError("ground.pad_multiple must be >= 0 (0: no padding)")
 
 
 OBJECT = pa.struct(
@@ -79,15 +88,17 @@ class GroundStage(FeatureStage):
         self.grounder.load()
 
     def batch_order(self, rows: pa.Table) -> pa.Table:
-        """The chunk sorted by the shape the processor resizes each image to: the grounder runs images of
-        one shape together, so sorted batches are full model calls instead of a few images each."""
+        """The chunk sorted by the shape each image has in the model call (`model_shape`: resized and
+        padded to its bucket): the grounder runs images of one shape together, so sorted batches are
+        full model calls instead of a few images each."""
         if rows.num_rows < 2:
             return rows
-        from transformers.image_transforms import get_size_with_aspect_ratio  # the processor's own rule
-
-        edges = (self.cfg.shortest_edge, self.cfg.longest_edge)
+        cfg = self.cfg
         sizes = zip(rows.column("width").to_pylist(), rows.column("height").to_pylist(), strict=True)
-        keys = [tuple(get_size_with_aspect_ratio((h, w), *edges)) if w and h else (0, 0) for w, h in sizes]
+        keys = [
+            model_shape(w, h, cfg.shortest_edge, cfg.longest_edge, cfg.pad_multiple) if w and h else (0, 0)
+            for w, h in sizes
+        ]
         return rows.take(pa.array(sorted(range(len(keys)), key=keys.__getitem__), pa.int64()))
 
     def preparer(self) -> ImageRows:

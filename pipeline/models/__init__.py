@@ -144,6 +144,15 @@ def torch_dtype(name: str):
 
 
 
+def to_device(tensor: Any, device: str) -> Any:
+    """A CPU tensor on the model's device. On CUDA the copy goes from pinned (page-locked) memory and
+    does not block: the host goes on queueing work while it runs (the stream orders the kernels that
+    read it)."""
+    if not str(device).startswith("cuda"):
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 @contextmanager
 def inference(cfg: Any) -> Iterator[None]:
     """A model call: inference mode, with TF32 exactly as the stage config says (`tf32`, default

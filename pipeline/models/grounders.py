@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models import GROUNDERS, inference
+from pipeline.models import GROUNDERS, inference, to_device
 from pipeline.models.base import TransformersBackend
 from pipeline.models.settings import GroundSettings
 
@@ -80,16 +80,55 @@ def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> lis
     return kept[:max_objects]
 
 
-class GroundingPixels:
-    """An image as Grounding DINO takes it: padded to MAX_ASPECT, resized, normalised (picklable)."""
+def padded_side(side: int, multiple: int, edges: tuple[int, ...]) -> int:
+    """A resized side padded up to its bucket: the next multiple of `multiple`, or the next of the
+    resize's own edges (shortest and longest: most images have one of them as a side) if that is
+    nearer. 0: the side as it is."""
+    if multiple <= 0 or side in edges:
+        return side
+    return min(-(-side // multiple) * multiple, *(edge for edge in edges if edge >= side))
 
-    def __init__(self, image_processor: Any) -> None:
+
+def model_shape(width: int, height: int, shortest_edge: int, longest_edge: int, pad_multiple: int) -> tuple[int, int]:
+    """(height, width) of an image's pixels in the model call: aspect padding, the processor's resize
+    (transformers' own rule), then each side padded up to its bucket. Images of one model shape run
+    together; the stage sorts its rows by it so that batches are full calls."""
+    from transformers.image_transforms import get_size_with_aspect_ratio
+
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        long_side = max(width, height)
+        short_side = int(np.ceil(long_side / MAX_ASPECT))  # what pad_to_aspect makes of the short side
+        width, height = (long_side, short_side) if width > height else (short_side, long_side)
+    h, w = get_size_with_aspect_ratio((height, width), shortest_edge, longest_edge)
+    edges = (shortest_edge, longest_edge)
+    return padded_side(h, pad_multiple, edges), padded_side(w, pad_multiple, edges)
+
+
+class GroundingPixels:
+    """An image as Grounding DINO takes it: padded to MAX_ASPECT, resized, normalised, then padded
+    (zeros, masked out) on its bottom and right up to its bucket (`model_shape`) (picklable).
+
+    The bucket depends on the image's own size only, so its objects never depend on its batch mates;
+    images of nearby sizes share one model call. The mask tells the model what is padding, as in
+    transformers' own batching (which pads a batch to its largest image) and in training: boxes come
+    out relative to the unpadded image."""
+
+    def __init__(self, image_processor: Any, pad_multiple: int = 0) -> None:
         self.image_processor = image_processor
+        self.pad_multiple = pad_multiple
 
     def __call__(self, image) -> Prepared:
         padded = pad_to_aspect(image)
         encoded = self.image_processor(images=[padded], return_tensors="pt")
         pixels, mask = encoded["pixel_values"][0], encoded["pixel_mask"][0]
+        size = self.image_processor.size
+        edges = (size["shortest_edge"], size["longest_edge"])
+        h, w = (padded_side(side, self.pad_multiple, edges) for side in pixels.shape[1:])
+        if (h, w) != tuple(pixels.shape[1:]):
+            canvas, canvas_mask = pixels.new_zeros((3, h, w)), mask.new_zeros((h, w))
+            canvas[:, : pixels.shape[1], : pixels.shape[2]] = pixels
+            canvas_mask[: mask.shape[0], : mask.shape[1]] = mask
+            pixels, mask = canvas, canvas_mask
         return Prepared(pixels, mask, image.width, image.height, (padded.height, padded.width))
 
 
@@ -102,6 +141,24 @@ class TransformersGroundingDino(TransformersBackend):
     name = "grounding-dino"
     model_class = "GroundingDinoForObjectDetection"
     stage = "ground"
+    # Low precision through autocast: the weights stay float32, normalisation and softmax run in
+    # float32 (autocast's own lists), the box heads wholly in float32 (`_adapt`), post-processing on
+    # float32 outputs. Casting the whole model would round boxes and reference points too.
+    precision = "autocast"
+
+    def _adapt(self, model: Any) -> None:
+        """Box regression (every MLP prediction head, the decoder's refinement ones included) outside
+        autocast, on float32 inputs."""
+        import torch
+
+        for module in model.modules():
+            if type(module).__name__ == "GroundingDinoMLPPredictionHead":
+
+                def fp32_forward(x, _forward=module.forward):
+                    with torch.autocast(x.device.type, enabled=False):
+                        return _forward(x.float())
+
+                module.forward = fp32_forward
 
     def _configure(self, processor: Any) -> None:
         processor.image_processor.size = {
@@ -112,9 +169,7 @@ class TransformersGroundingDino(TransformersBackend):
     def preprocessor(self) -> GroundingPixels:
         """What makes an image the model's input (CPU work the stage runs ahead of the model; it
         pickles without the model, for feed processes)."""
-        return GroundingPixels(self._loaded[1].image_processor)
-
-
+        return GroundingPixels(self._loaded[1].image_processor, self.cfg.pad_multiple)
 
     def ground(self, images: list, captions: list[str]) -> list[list[Obj]]:
         """Objects per image (an RGB image, or what `preprocess` made of one). Images are run together
@@ -141,10 +196,10 @@ class TransformersGroundingDino(TransformersBackend):
         inputs = processor(text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
         inputs["pixel_values"] = torch.stack([item.pixel_values for item in items])
         inputs["pixel_mask"] = torch.stack([item.pixel_mask for item in items])
-        inputs = inputs.to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
-        with inference(self.cfg):
+        inputs = {key: to_device(value, self.device) for key, value in inputs.items()}
+        with inference(self.cfg), self.low_precision():
             outputs = model(**inputs)
+        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()  # scores in fp32
         results = processor.post_process_grounded_object_detection(
             outputs,
             input_ids=inputs["input_ids"],

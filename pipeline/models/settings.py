@@ -42,6 +42,7 @@ class GroundSettings(HubSettings, Protocol):
     max_objects: int
     shortest_edge: int
     longest_edge: int
+    pad_multiple: int  # transformers backend: resized sides padded up to buckets (0: none)
     text_encoder: str | None  # groundingdino-py only
     config_file: str | None  # groundingdino-py only
 

@@ -113,3 +113,65 @@ def test_tf32_is_what_the_config_says_during_model_calls_and_enters_the_fingerpr
     assert seen[None] == seen[False] == {(False, False)} and seen[True] == {(True, True)}
     assert fps[None] == fps[False] != fps[True]  # a knob added later moves no cached fingerprint
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == outside  # put back
+
+
+def test_bucket_padding_follows_the_rule_worked_by_hand_and_keeps_the_processors_pixels():
+    """At the paper's 800/1333 and pad_multiple 128: each resized side goes up to the next multiple of
+    128 or to 800/1333 if nearer; the processor's own pixels sit top-left, zeros and mask 0 around."""
+    import torch
+    from transformers import GroundingDinoImageProcessor
+
+    from pipeline.models.grounders import GroundingPixels
+
+    processor = GroundingDinoImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333})
+    rng = np.random.default_rng(0)
+    # (width, height) -> padded (height, width), by hand: 500x375 resizes to 800 x 1066.7 (width
+    # rounds to 1066 or 1067) -> 1152; 900x800 -> 800 x 900 -> 1024; 1000x200 is capped at 1333 wide,
+    # 266.6 high -> 384; 800x800 stays; 375x500 is 500x375 turned.
+    cases = {(500, 375): (800, 1152), (900, 800): (800, 1024), (1000, 200): (384, 1333), (800, 800): (800, 800),
+             (375, 500): (1152, 800)}
+    for (w, h), expected in cases.items():
+        image = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+        own = processor(images=[image], return_tensors="pt")  # the library's documented call
+        pixels, mask = own["pixel_values"][0], own["pixel_mask"][0]
+        prepared = GroundingPixels(processor, 128)(image)
+        assert tuple(prepared.pixel_values.shape) == (3, *expected), (w, h)
+        rh, rw = pixels.shape[1:]
+        assert torch.equal(prepared.pixel_values[:, :rh, :rw], pixels)
+        assert not prepared.pixel_values[:, rh:].any() and not prepared.pixel_values[:, :, rw:].any()
+        assert torch.equal(prepared.pixel_mask[:rh, :rw], mask) and int(prepared.pixel_mask.sum()) == rh * rw
+        assert prepared.padded == (h, w)  # the boxes' frame: the image, not the bucket
+        unpadded = GroundingPixels(processor, 0)(image)
+        assert torch.equal(unpadded.pixel_values, pixels) and torch.equal(unpadded.pixel_mask, mask)
+
+
+def test_images_of_nearby_sizes_share_a_model_call_and_keep_their_own_objects(tmp_path):
+    """12 images of 3 sizes that resize to 3 shapes (224 x 298, 313 and 280) in one bucket (224 x 320
+    at pad_multiple 64): one call of 12 padded, 3 calls of 4 unpadded. Padded, an image's objects are
+    the same alone (batch 1) as with its 11 mates: the padding depends on its own size only."""
+    root = tmp_path / "sizes"
+    root.mkdir()
+    rng = np.random.default_rng(4)
+    for k in range(12):
+        w, h = [(64, 48), (70, 50), (60, 48)][k % 3]
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"{k:02d}.png")
+    GROUNDERS.register(COUNTING)(CountingGrounder)
+    try:
+        runs, fingerprints = {}, set()
+        for pad, batch_size in ((64, 12), (64, 1), (0, 12)):
+            store = Store(tmp_path / f"p{pad}-b{batch_size}")
+            ground = {"backend": COUNTING, "shortest_edge": 224, "longest_edge": 320, "pad_multiple": pad}
+            config = resolve("tiny", {"ground": ground}, {"device": "cpu", "batch_size": batch_size, "chunk_size": 12})
+            run_stage("ingest", config, store, inputs=[root])
+            run_stage("caption", config, store)
+            FORWARDS.clear()
+            run_stage("ground", config, store)
+            stage = make_stage("ground", config, store)
+            fingerprints.add(stage.fingerprint if batch_size == 12 else None)
+            runs[pad, batch_size] = (list(FORWARDS), pl.from_arrow(stage.output.read()).sort("image_id"))
+    finally:
+        GROUNDERS.unregister(COUNTING)
+    assert runs[64, 12][0] == [12] and runs[64, 1][0] == [1] * 12
+    assert sorted(runs[0, 12][0]) == [4, 4, 4]
+    assert_same_rows(runs[64, 1][1], runs[64, 12][1], "ground")
+    assert len(fingerprints - {None}) == 2  # the padding changes results: it is in the fingerprint
