@@ -48,6 +48,10 @@ class RuntimeConfig:
     # Prepare the next batch (decode, preprocess) in a thread while the model runs: auto = on an
     # accelerator only (on a CPU the thread takes cores from the model); on | off to choose.
     prefetch: str = "auto"
+    # Seconds a dask task (a chunk) may take from its submission before its worker is restarted and the
+    # task runs again (at most `retries` times, then the run fails naming it). Tasks queue two deep per
+    # worker: allow about twice a chunk's time. None: no limit.
+    task_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or (self.batch_size is not None and self.batch_size < 1) or self.loader_threads < 1:
@@ -57,6 +61,8 @@ class RuntimeConfig:
         bad = {k: v for k, v in self.batch_sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if bad:
             raise ConfigError(f"runtime.batch_sizes must map stage names to integers >= 1, got {bad}")
+        if self.task_timeout is not None and not 0 < self.task_timeout < float("inf"):
+            raise ConfigError(f"runtime.task_timeout must be a number of seconds > 0, got {self.task_timeout!r}")
         if self.prefetch not in ("auto", "on", "off"):
             raise ConfigError(f"runtime.prefetch must be auto, on or off, got {self.prefetch!r}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

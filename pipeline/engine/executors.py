@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 DEVICE_ENV = "ITEM_DEVICE"  # a device a worker is pinned to by its environment (devices.resolve_device reads it)
 GPU = "GPU"  # the worker resource a GPU task asks for
+
+
+class TaskTimeoutError(RuntimeError):
+    """A task ran past runtime.task_timeout on every try."""
 
 
 class Executor(Protocol):
@@ -87,6 +92,8 @@ class DaskExecutor:
         retries: how often a failed task is tried again (a dead worker's tasks are rescheduled).
         in_flight: tasks submitted ahead of results, per worker present (bounds the driver's memory).
         gpus: GPU indices to use (default: every GPU torch sees).
+        task_timeout: seconds a task may take from its submission (runtime.task_timeout; None: no
+            limit); one past it has its worker restarted and runs again (`_restart_stuck`).
     """
 
     def __init__(
@@ -96,10 +103,12 @@ class DaskExecutor:
         retries: int = 2,
         in_flight: int = 2,
         gpus: list[str] | None = None,
+        task_timeout: float | None = None,
     ) -> None:
         from dask.distributed import Client, LocalCluster
 
         self.retries = retries
+        self.task_timeout = task_timeout
         self.in_flight = in_flight
         self._cluster = None
         if scheduler:
@@ -128,37 +137,67 @@ class DaskExecutor:
         return {GPU: 1} if any(GPU in r for r in offered) else None
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        from dask.distributed import as_completed
+        from dask.distributed import wait
 
         it = iter(items)
-        done = as_completed()
         resources = self._resources()
-        pending = 0
+        running: dict[Any, tuple[Any, float, int]] = {}  # future -> (item, submitted at, timeouts so far)
+
+        def submit(item: Any, timeouts: int = 0) -> None:
+            future = self.client.submit(fn, item, pure=False, retries=self.retries, resources=resources)
+            running[future] = (item, time.monotonic(), timeouts)
 
         def fill() -> None:
             """Submit until every worker present (those that joined since included) has its share."""
-            nonlocal pending
             target = max(1, self.in_flight * self.n_workers)
-            while pending < target:
+            while len(running) < target:
                 try:
-                    item = next(it)
+                    submit(next(it))
                 except StopIteration:
                     return
-                done.add(self.client.submit(fn, item, pure=False, retries=self.retries, resources=resources))
-                pending += 1
 
         try:
             fill()
-            for future in done:
-                result = future.result()
-                future.release()
-                pending -= 1
-                fill()
-                yield result
+            while running:
+                timeout = None
+                if self.task_timeout is not None:
+                    oldest = min(submitted for _, submitted, _ in running.values())
+                    timeout = max(0.0, oldest + self.task_timeout - time.monotonic())
+                try:
+                    finished = wait(list(running), timeout=timeout, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    self._restart_stuck(running, submit)
+                    continue
+                for future in finished:
+                    running.pop(future)
+                    result = future.result()
+                    future.release()
+                    fill()
+                    yield result
         finally:  # a failed task (or a caller that stops early) leaves no task writing parts behind
-            left = list(done.futures)
-            if left:
-                self.client.cancel(left)
+            if running:
+                self.client.cancel(list(running))
+
+    def _restart_stuck(self, running: dict[Any, tuple[Any, float, int]], submit: Callable[..., None]) -> None:
+        """Tasks past `task_timeout`: their workers are restarted (a hung read or model call cannot be
+        interrupted otherwise; the nanny starts a fresh process) and the tasks submitted again, up to
+        `retries` times; then the run fails, naming them. A chunk is written atomically or not at
+        all, so running it again loses and duplicates nothing."""
+        now = time.monotonic()
+        stuck = [f for f, (_, submitted, _) in running.items() if now - submitted >= self.task_timeout]
+        processing = self.client.processing()
+        hosts = {w for w, keys in processing.items() if any(f.key in keys for f in stuck)}
+        for future in stuck:
+            item, _, timeouts = running.pop(future)
+            future.cancel()
+            if timeouts >= self.retries:
+                raise TaskTimeoutError(
+                    f"a task ran past runtime.task_timeout ({self.task_timeout:g} s) {timeouts + 1} times: {item!r}"
+                )
+            log.warning("a task ran past %g s: restarting its worker and running it again", self.task_timeout)
+            submit(item, timeouts + 1)
+        if hosts:
+            self.client.restart_workers(sorted(hosts))
 
     def close(self) -> None:
         self.client.close()
@@ -182,10 +221,10 @@ def _visible_gpus() -> int:
 
 
 def make_executor(
-    name: str, scheduler: str | None = None, workers: int | None = None
+    name: str, scheduler: str | None = None, workers: int | None = None, task_timeout: float | None = None
 ) -> InProcessExecutor | DaskExecutor:
     if name == "local" and scheduler is None:
         return InProcessExecutor()
     if name in ("dask", "local"):
-        return DaskExecutor(scheduler=scheduler, workers=workers)
+        return DaskExecutor(scheduler=scheduler, workers=workers, task_timeout=task_timeout)
     raise UsageError(f"unknown executor {name!r} (local | dask)")
