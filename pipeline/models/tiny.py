@@ -1,8 +1,10 @@
 """Small tokenizers and configurations for the `tiny` profile: built in code, offline, seeded.
 
 The tiny models are the same classes as the paper's models, shrunk, with random weights. Their
-outputs are deterministic functions of the input image, which is all the tests and the demo need;
-their captions and boxes are not meaningful.
+outputs are deterministic functions of the input image; their captions and boxes are not
+meaningful, but they are varied: a tiny caption is words of WORDS, and the tiny Grounding DINO finds
+objects with distinct phrases (words of the caption), scores and boxes, a few per image or none
+(`vary_grounding`), so that the tests can see each rule of grounding and embedding at work.
 """
 
 from __future__ import annotations
@@ -78,6 +80,19 @@ def byte_level_bpe(vocab_size: int = 400):
     return opt_tokenizer_of(tok)
 
 
+def word_level():
+    """An OPT-style tokenizer (BOS `</s>`, pad `<pad>`) whose every token is one word of WORDS with its
+    leading space, as byte-level BPE writes it ("Ġdog"): whatever a random model generates decodes to
+    words separated by spaces, each a word of the tiny BERT vocabulary, so grounding sees real words
+    and its phrases are words of the caption."""
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate([*OPT_SPECIALS, *(f"\u0120{w}" for w in dict.fromkeys(WORDS))])}
+    tok = byte_level(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    return opt_tokenizer_of(tok)
+
+
 # Grounding DINO hard-codes the delimiter ids of bert-base-uncased ([CLS] 101, [SEP] 102, "." 1012,
 # "?" 1029) in a buffer that is not saved with the weights, and assumes [PAD] = 0: a small vocabulary
 # must keep that layout or phrase splitting is silently wrong.
@@ -99,6 +114,9 @@ def bert_vocab() -> dict[str, int]:
                 "##er",
                 "##ly",
                 "##y",
+                # every letter as a word piece: any ASCII word the tiny captioner makes tokenizes to
+                # pieces, never to [UNK], so phrases are words of the caption, as with BERT's vocabulary
+                *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"),
             ]
         )
     )
@@ -164,7 +182,7 @@ def tiny_blip2(seed: int):
     """A small BLIP-2 (ViT + Q-Former + OPT) with seeded random weights and its processor, offline."""
     import transformers
 
-    tokenizer = byte_level_bpe()
+    tokenizer = word_level()
     n_query = 4
     vision = small_vit(transformers.Blip2VisionConfig)
     qformer = transformers.Blip2QFormerConfig(**SMALL, encoder_hidden_size=32, vocab_size=len(tokenizer))
@@ -283,11 +301,39 @@ def tiny_grounding_dino(seed: int):
         dropout=0.0,
         fusion_droppath=0.0,
     )
-    model = seeded(transformers.GroundingDinoForObjectDetection, config, seed)
+    model = vary_grounding(seeded(transformers.GroundingDinoForObjectDetection, config, seed))
     processor = transformers.GroundingDinoProcessor(
         image_processor=transformers.GroundingDinoImageProcessor(), tokenizer=tokenizer
     )
     return model, processor
+
+
+# The tiny Grounding DINO's logit scale and the tiny profile's thresholds (stages/profiles.py) go together.
+GROUNDING_LOGIT_SCALE = 0.15
+
+
+def vary_grounding(model: Any) -> Any:
+    """Make a random Grounding DINO's objects differ from one another, as a trained one's do.
+
+    With its default init every token logit is about +-6 (so every score is 1.0 and every phrase
+    the whole caption) and the box head's deltas are zero (so every box is one of the encoder's
+    square anchors). Scaling the text features the logits are taken against (the last text-enhancer
+    layer's LayerNorm) brings the logits to about +-1: scores spread below 1 and each object's phrase
+    is the caption tokens above text_threshold, a different subset per object. A box head
+    initialised at unit gain moves each box off its anchor, in size, aspect and position. Then
+    ranking, max_objects, both thresholds, the empty-phrase rule and the pairing of crops and
+    phrases all change rows when they are wrong (tests/stages/test_reference_use.py).
+    """
+    import torch
+
+    with torch.no_grad():
+        norm = model.model.encoder.layers[-1].text_enhancer_layer.layer_norm_after
+        norm.weight.mul_(GROUNDING_LOGIT_SCALE)
+        norm.bias.mul_(GROUNDING_LOGIT_SCALE)
+        for layer in model.bbox_embed[0].layers:  # shared by every decoder layer (tied)
+            layer.weight.normal_(0.0, layer.in_features**-0.5)
+            layer.bias.zero_()
+    return model
 
 
 TINY_CLIP_NAME = "item-tiny-clip"

@@ -34,12 +34,14 @@ def checkpoint(tmp_path_factory):
     tokenizer.save_pretrained(tmp / "bert")
     config_file = tmp / "small_swint.py"
     config_file.write_text(open(default_config_file()).read() + SMALL)
-    ground = {  # on the tiny profile's sizes (224/320) and thresholds (0: every box the model finds)
+    ground = {  # on the tiny profile's sizes (224/320), thresholds 0: every box the model finds
         "backend": "groundingdino-py",
         "model": "(built)",
         "text_encoder": str(tmp / "bert"),
         "config_file": str(config_file),
         "max_objects": 5,
+        "box_threshold": 0.0,
+        "text_threshold": 0.0,
     }
     cfg = resolve("tiny", {"ground": ground}).stage("ground")
     apply_compat_shim()
