@@ -38,7 +38,7 @@ def _images(folder, seed: int = 3) -> None:
     """Smooth scenes (the demo's) at mixed sizes: the processor resizes each to another frame."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    for k, (name, size) in enumerate(SIZES.items()):
+    for name, size in SIZES.items():
         for j in range(2):  # two per size: more objects to compare
             pixels = (scene(rng) * 255).round().astype(np.uint8)
             Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC).save(folder / f"{j}{name}")
@@ -153,7 +153,7 @@ def test_ground_equals_grounding_dino_post_processing_on_one_image(cached):
         seen["more than max_objects"] += len(everything) > cfg.max_objects
         seen["several objects"] += len(expected) > 1
         seen["none"] += not expected
-        seen["clipped"] += any(b < 0 or b > side for o in raw for b, side in zip(o["box"], image.size * 2))
+        seen["clipped"] += any(b < 0 or b > side for o in raw for b, side in zip(o["box"], image.size * 2, strict=True))
     # what makes ranking, max_objects, the thresholds and the rules observable here
     assert all(seen.values()), seen
     phrases = [o["phrase"] for row in grounded.values() for o in row["objects"]]
