@@ -216,6 +216,13 @@ def check(root: Path, models: Path, n_images: int, size: str, device: str) -> li
             figure(f"gpu-check ground {precision} ({gpu})", r["images_per_s"], "images/s", "measured", None,
                    images_per_ground_call=r.get("images_per_ground_call"))
         )
+    # Bucket padding against none: fuller model calls against the padded pixels they cost
+    cfg = _with(config, ground={"pad_multiple": 0})
+    r = variant_rate(root, "ground-unpadded", subset, cfg, "ground", device)
+    figures.append(
+        figure(f"gpu-check ground float32 unpadded ({gpu})", r["images_per_s"], "images/s", "measured", None,
+               images_per_ground_call=r.get("images_per_ground_call"))
+    )
     for batch in (256, 512, 1024):
         cfg = _with(config, runtime={"batch_sizes": {"embed": batch}})
         r = variant_rate(root, f"embed-b{batch}", subset, cfg, "embed", device)

@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.engine import batches, errors, inputs, keyindex, resume
@@ -115,10 +116,16 @@ class FeatureStage(Stage):
             )
         return resume.todo(source, self.output, self.store.manifest, ids, retry_errors)
 
-    def missing(self, ids: Iterable[str]) -> list[str]:
-        """Those of `ids` with no row at all in the output (an error row is a row)."""
+    def unwritten(self, ids: Iterable[str], before: set[tuple[str, int, int]]) -> list[str]:
+        """Those of `ids` without a row in a part written since `before` (the output's part signatures
+        when the run began): lost chunks, including images whose old error row a retry (or a read
+        failure computed again) was meant to replace."""
         wanted = list(ids)
-        has_row = self.output.index().contains(keyindex.encode(wanted)[0])
+        out = self.output
+        index = out.index()
+        fresh = [index.part(i)[0] for i, sig in enumerate(out.signature()) if sig not in before]
+        written = keyindex.KeySet(np.concatenate(fresh) if fresh else np.zeros((0, keyindex.WORDS), np.uint64))
+        has_row = written.contains(keyindex.encode(wanted)[0])
         return [i for i, has in zip(wanted, has_row, strict=True) if not has]
 
     def run(
@@ -160,6 +167,7 @@ class FeatureStage(Stage):
             stats.seconds = time.perf_counter() - start
             return stats
         out = self.output
+        before = set(out.signature())
         out.write_config(self.identity())
         log.debug("%s [%s]: %d image(s) to compute", self.name, fp, len(todo))
         if progress is not None:
@@ -173,7 +181,7 @@ class FeatureStage(Stage):
                 if progress is not None and not result.reported:
                     progress.advance(result.ok + result.error)
             # A distributed run can lose a chunk (a worker died after its retries ran out): check by keys.
-            todo = self.missing(todo)
+            todo = self.unwritten(todo, before)
             if not todo:
                 break
             log.warning("%s [%s]: %d image(s) still missing after pass %d", self.name, fp, len(todo), attempt + 1)

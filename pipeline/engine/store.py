@@ -112,6 +112,11 @@ class PartDir:
             return []
         return sorted(self.path.glob(PART_GLOB))
 
+    def signature(self) -> tuple[tuple[str, int, int], ...]:
+        """(path, mtime, size) of each complete part, oldest first: changes whenever a part is written,
+        replaced or removed."""
+        return tuple(self._signature(part) for part in self.parts())
+
     def exists(self) -> bool:
         return bool(self.parts())
 
@@ -170,7 +175,7 @@ class PartDir:
         a new mtime), so each part's keys are read once per process; a folder's index is rebuilt from
         the cached parts only when its list of parts changed.
         """
-        signature = tuple(self._signature(part) for part in self.parts())
+        signature = self.signature()
         cached = _INDEX_CACHE.get((str(self.path), self.key))
         if cached is not None and cached[0] == signature:
             return cached[1]

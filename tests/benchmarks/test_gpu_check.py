@@ -18,7 +18,7 @@ def test_the_gpu_check_runs_every_step_on_small_models(tmp_path, capsys):
     for stage in ("caption", "ground", "embed", "distance"):
         assert any(n.startswith(f"gpu-check {stage} (") for n in names), stage
     for variant in ("caption batch 16", "caption batch 64", "ground float32", "ground tf32", "ground bfloat16",
-                    "embed batch 512 crops"):
+                    "ground float32 unpadded", "embed batch 512 crops"):
         assert any(variant in n for n in names), variant
     dask = next(line for line in out if line.startswith("gpu-check dask"))
     assert "yes" in dask.split("target")[1] and "same_captions=True" in dask, dask

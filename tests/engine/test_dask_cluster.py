@@ -194,6 +194,25 @@ def test_rows_still_missing_after_every_pass_fail_the_run(tmp_path, image_root, 
     assert 0 < pl.from_arrow(make_stage("clustersize", tiny(), store).output.read()).height < 24
 
 
+def test_a_retry_of_error_rows_whose_chunks_are_lost_fails_the_run(tmp_path, image_root, plugin):
+    """--retry-errors: the images to redo already have (error) rows, so only rows written by this run
+    count as done; a lost chunk must not pass for a retried one."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(image_root, images)
+    for k in range(2):
+        (images / f"broken-{k}.jpg").write_bytes(b"not an image %d" % k)
+    store = ingest(tmp_path, images, tmp_path / "data")
+    config = tiny(chunk_size=1)
+    first = run_stage("clustersize", config, store)
+    assert first.error == 2
+    with pytest.raises(IncompleteRunError, match=r"1 image\(s\) still have no row after 3 passes"):
+        run_stage("clustersize", config, store, executor=LosingExecutor(), retry_errors=True)
+    again = run_stage("clustersize", config, store, retry_errors=True)  # a whole cluster: both redone
+    assert (again.todo, again.error) == (2, 2)
+
+
 def test_pinning_fixes_a_hub_revision_to_the_driver_s_commit(tmp_path, monkeypatch):
     import stages  # noqa: F401
 
