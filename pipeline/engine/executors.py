@@ -45,35 +45,31 @@ def gpu_cluster(devices: list[str]) -> Any:
     """A local cluster of one single-threaded worker per GPU, each with its own device first in
     `CUDA_VISIBLE_DEVICES` (so `cuda:0` is its GPU) set in its environment at start, so a worker its
     nanny restarts keeps its GPU (a pin set afterwards by `client.run` would be lost). dask-cuda's
-    LocalCUDACluster when it is installed (it also sets CPU affinity and UCX; its workers then read
-    their share of cores from their affinity); else the same specification with plain nannies, each
-    seeing only its own GPU.
-    Each worker is told its share of the cores (for its feed processes)."""
+    LocalCUDACluster when it is installed (it also sets CPU affinity and UCX); else the same
+    specification with plain nannies, each seeing only its own GPU. Each worker is told its share of
+    the cores (for its feed processes), restarts included."""
     share = max(1, (os.cpu_count() or 1) // max(1, len(devices)))
     # Workers that may start processes of their own (the feed): the nanny starts them daemonic by default.
-
     dask.config.set({"distributed.worker.daemon": False})
-    try:
-        from dask_cuda import LocalCUDACluster
-
-        return LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=",".join(devices),
-            threads_per_worker=1,
-            resources={GPU: 1},
-            dashboard_address=None,
-            env={CORES_ENV: str(share)},
-        )
-    except ImportError:
+    # The share reaches each worker through the nannies' configured environment, which a nanny reads
+    # once and applies at every (re)start; a per-worker `env` would not do: dask-cuda replaces it
+    # with its own CUDA_VISIBLE_DEVICES.
+    environ = {**dask.config.get("distributed.nanny.environ", {}), CORES_ENV: str(share)}
+    with dask.config.set({"distributed.nanny.environ": environ}):
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            LocalCUDACluster = None
+        if LocalCUDACluster is not None:
+            return LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=1, resources={GPU: 1}, dashboard_address=None
+            )
         from dask.distributed import Nanny, Scheduler, SpecCluster
 
         workers = {
             f"gpu-{d}": {
                 "cls": Nanny,
-                "options": {
-                    "nthreads": 1,
-                    "env": {"CUDA_VISIBLE_DEVICES": d, CORES_ENV: str(share)},
-                    "resources": {GPU: 1},
-                },
+                "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": d}, "resources": {GPU: 1}},
             }
             for d in devices
         }

@@ -94,6 +94,12 @@ def _visible() -> str:
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
+def _cores() -> str:
+    from pipeline.engine.devices import CORES_ENV
+
+    return os.environ.get(CORES_ENV, "")
+
+
 def test_each_local_gpu_worker_sees_only_its_device_even_after_its_nanny_restarts_it():
     from dask.distributed import Client
 
@@ -102,6 +108,8 @@ def test_each_local_gpu_worker_sees_only_its_device_even_after_its_nanny_restart
     with gpu_cluster(["0", "1"]) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=120)
         assert sorted(client.run(_visible).values()) == ["0", "1"]
+        share = str(max(1, (os.cpu_count() or 1) // 2))  # each of 2 GPUs' workers: half the cores
+        assert list(client.run(_cores).values()) == [share, share]
         assert all(w["resources"] == {"GPU": 1} for w in client.scheduler_info()["workers"].values())
         pids = client.run(os.getpid)
         os.kill(next(iter(pids.values())), signal.SIGKILL)
@@ -116,6 +124,7 @@ def test_each_local_gpu_worker_sees_only_its_device_even_after_its_nanny_restart
                 break
         assert set(client.run(os.getpid).values()) != set(pids.values())  # restarted
         assert sorted(client.run(_visible).values()) == ["0", "1"]  # ... with its GPU
+        assert list(client.run(_cores).values()) == [share, share]  # ... and its share of the cores
 
 
 def _where(item: int) -> tuple[str, float, float]:
