@@ -18,16 +18,19 @@ from pipeline.engine.imageio import load_rgb
 from pipeline.engine.job import Job
 from pipeline.engine.sources import Source
 from pipeline.engine.stage import STAGES, RunStats
-from pipeline.method.perturbations import GRID, apply, label
+from pipeline.method.perturbations import GRID, KINDS, apply, label
 
 log = logging.getLogger(__name__)
 
 
 @STAGES.register
 class PerturbJob(Job):
-    """Writes the derived images of every ok, labelled, original image of `split`.
+    """Writes the derived images of every ok, labelled, original image of `split` (of `generators`
+    only, when given: the paper perturbed ProGAN's test images, Fig. 4; by default every generator's).
 
-    After `run`, `sources` holds their ingest sources (ingest them to add them to the manifest).
+    `kinds` are the paper's grid (noise, blur, jpeg) or its variants (noise_var: the noise levels read
+    as variances). After `run`, `sources` holds their ingest sources (ingest them to add them to the
+    manifest).
     """
 
     name = "perturb"
@@ -40,14 +43,15 @@ class PerturbJob(Job):
         kinds: tuple[str, ...] = tuple(GRID),
         split: str = "test",
         seed: int = 0,
+        generators: tuple[str, ...] = (),
         out: Path | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
-        unknown = sorted(set(kinds) - set(GRID))
+        unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
-            raise UsageError(f"unknown perturbation(s) {', '.join(unknown)}; known: {', '.join(GRID)}")
-        self.kinds, self.split, self.seed = kinds, split, seed
+            raise UsageError(f"unknown perturbation(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")
+        self.kinds, self.split, self.seed, self.generators = kinds, split, seed, tuple(generators)
         self.out = out or self.store.root / "derived"
         self.sources: list[Source] = []
 
@@ -61,12 +65,18 @@ class PerturbJob(Job):
             .filter(pl.col("label").is_not_null())  # the grid is for scoring: unlabelled images have nothing to score
             .sort("image_id")
         )
+        if self.generators:
+            manifest = manifest.filter(pl.col("generator").is_in(list(self.generators)))
+            if manifest.is_empty():
+                raise UsageError(
+                    f"perturb: no labelled {self.split} image of generator(s) {', '.join(self.generators)}"
+                )
         max_pixels = self.pipeline.stage("ingest").max_image_pixels
         self.begin(manifest.height)
         for row in manifest.iter_rows(named=True):
             image = None
             for kind in self.kinds:
-                for level in GRID[kind]:
+                for level in KINDS[kind]:
                     name = label(kind, level)
                     folder = self.out / name.replace(":", "-")
                     existing = list(folder.glob(f"{row['image_id']}.*")) if folder.is_dir() else []

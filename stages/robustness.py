@@ -14,7 +14,7 @@ from pipeline.engine.stage import STAGES, RunStats
 from pipeline.engine.store import write_json
 from pipeline.method.evaluation import evaluate_scores
 from pipeline.method.heads import FittedHead
-from pipeline.method.perturbations import GRID, label
+from pipeline.method.perturbations import KINDS, label
 from pipeline.method.rows import labelled_rows, latest_model, to_numpy
 
 
@@ -49,7 +49,7 @@ class RobustnessJob(Job):
             return evaluate_scores(head.name, rows, head.predict_proba(x), 0.5)["all"]
 
         result: dict[str, Any] = {"clean": score(clean) if not clean.is_empty() else None, "grid": {}}
-        for kind, levels in GRID.items():
+        for kind, levels in KINDS.items():
             for level in levels:
                 rows = derived.filter(pl.col("perturbation") == label(kind, level))
                 if not rows.is_empty():

@@ -117,3 +117,28 @@ def test_prompted_captions_do_not_depend_on_the_batch(tmp_path, image_root):
             assert run_stage("caption", config, stage.store).ok == 12
             captions[batch_size] = pl.from_arrow(stage.output.read(["image_id", "caption"])).sort("image_id")
         assert captions[1].equals(captions[5]), backend
+
+
+def test_lavis_decoding_is_a_setting_beam_5_max_30_min_1_with_its_own_fingerprint(tmp_path):
+    """LAVIS's BLIP-2 `generate` defaults (num_beams=5, max_length=30, min_length=1), plausibly the
+    authors' captions, against the default greedy 30 tokens: the stage's rows equal transformers'
+    `generate` with those arguments, under their own fingerprint."""
+    import torch
+
+    from pipeline.app.demo import make_images
+    from pipeline.models.tiny import build_tiny
+
+    store = Store(tmp_path / "data")
+    lavis = {"num_beams": 5, "max_new_tokens": 30, "min_new_tokens": 1}
+    config = resolve("tiny", {"caption": lavis}, {"device": "cpu", "batch_size": 2})
+    run_stage("ingest", config, store, inputs=[make_images(tmp_path / "images", n_per_class=1)])
+    assert run_stage("caption", config, store).ok == 4
+    assert make_stage("caption", config, store).fingerprint != make_stage("caption", tiny(), store).fingerprint
+    model, processor = build_tiny("blip2", config.stage("caption").seed)
+    stored = rows(store, config=config)
+    paths = dict(pl.from_arrow(store.manifest.read(["image_id", "path"])).iter_rows())
+    for image_id, caption in stored.select("image_id", "caption").iter_rows():
+        inputs = processor(images=Image.open(paths[image_id]).convert("RGB"), return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, num_beams=5, max_new_tokens=30, min_new_tokens=1, do_sample=False)
+        assert caption == " ".join(processor.batch_decode(out, skip_special_tokens=True)[0].split())

@@ -115,3 +115,29 @@ def derive(config, store, kinds, split):
     job = make_stage("perturb", config, store, kinds=kinds, split=split)
     job.run()
     return job.sources
+
+
+def test_fig_4s_protocol_perturbs_one_generators_test_images_and_noise_var_is_its_own_kind(tmp_path, image_root):
+    """The paper perturbed only the training generator's test images (ProGAN; here toygan); by default
+    every generator's are. `noise_var` (the noise levels read as variances) is labelled apart."""
+    from pipeline.engine.errors import UsageError
+    from pipeline.engine.store import Store
+
+    store = Store(tmp_path)
+    config = tiny()
+    run_stage("ingest", config, store, inputs=[image_root])
+    test = pl.from_arrow(store.manifest.read()).filter(pl.col("split") == "test")
+    job = make_stage("perturb", config, store, kinds=("noise_var",), generators=("toygan",))
+    job.run()
+    toygan = test.filter(pl.col("generator") == "toygan")
+    assert 0 < toygan.height < test.height
+    assert {s.generator for s in job.sources} == {"toygan"} and len(job.sources) == 3 * toygan.height
+    assert sorted({s.perturbation for s in job.sources}) == ["noise_var:0.001", "noise_var:0.005", "noise_var:0.01"]
+    every = make_stage("perturb", config, store, kinds=("noise",), out=tmp_path / "every")
+    every.run()
+    assert len(every.sources) == 3 * test.height
+    same = {(s.source_id, s.perturbation.split(":")[1]) for s in every.sources}
+    assert {(s.source_id, s.perturbation.split(":")[1]) for s in job.sources} <= same
+    assert not {s.path for s in job.sources} & {s.path for s in every.sources}  # other files: other images
+    with pytest.raises(UsageError, match="no labelled test image of generator"):
+        make_stage("perturb", config, store, generators=("progan",)).run()
