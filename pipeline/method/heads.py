@@ -340,6 +340,8 @@ class FittedHead:
 
 
 def _number(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -348,12 +350,11 @@ def describe(name: str, fit: dict[str, Any], vary: Iterable[str] = ()) -> str:
     fitted with the fit section `fit`: what a table row, predict and status call it. `vary`: the knobs
     that differ between the heads shown together (`varying`)."""
     parts = [str(fit.get("features", "both")), f"w1={_number(fit.get('w1', 1.0))}", f"w2={_number(fit.get('w2', 1.0))}"]
-    parts += [f"{key}={_number(fit[key])}" for key in vary if key in fit and key not in SHOWN]
+    shown = [key for key in vary if key in fit and key not in SHOWN]
     known = {f.name for f in dataclasses.fields(HeadConfig)}
-    for key in sorted(set(fit) - known):  # which rows it trained on, when narrowed
-        if isinstance(fit[key], (list, tuple)) and fit[key]:
-            parts.append(f"{key}={','.join(map(str, fit[key]))}")
-    return f"{name} ({', '.join(parts)})"
+    # which rows it trained on, when narrowed (train_generators, train_datasets)
+    shown += [k for k in sorted(set(fit) - known) if isinstance(fit[k], (list, tuple)) and fit[k] and k not in shown]
+    return f"{name} ({', '.join([*parts, *(f'{key}={_number(fit[key])}' for key in shown)])})"
 
 
 SHOWN = ("head", "features", "w1", "w2")  # the folder name carries the head kind

@@ -118,3 +118,21 @@ def test_predict_refuses_a_missing_model_and_an_empty_folder(store_copy, tmp_pat
         predict([tmp_path / "empty"], model=tmp_path / "nope", data_dir=store_copy.root)
     with pytest.raises(UsageError, match="no files to score"):
         predict([tmp_path / "empty"], data_dir=store_copy.root)
+
+
+def test_every_row_has_the_columns_in_csv_order():
+    from pipeline.app.api import ROW_SCHEMA, decide
+
+    row = {
+        "image_id": "a",
+        "path": "p",
+        "score": 0.7,
+        "decision": None,
+        "caption": "c",
+        "objects": [],
+        "status": "ok",
+        "error": None,
+    }
+    [out] = decide([row], 0.6, "mlp-aaa")
+    assert list(out) == list(ROW_SCHEMA) and list(out)[3:6] == ["decision", "threshold", "head"]
+    assert out["decision"] == "fake" and out["head"] == "mlp-aaa"

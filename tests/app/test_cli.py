@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,17 @@ def test_predict_refuses_a_bad_out_before_any_work(tmp_path):
     assert not (tmp_path / "d").exists()  # nothing ingested, nothing computed
     missing = item("predict", str(tmp_path / "in"), "--out", "s.csv", "--model", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "no fitted head there" in missing.stderr
+
+
+def test_a_usage_error_is_one_error_line_with_exit_code_2_and_help_has_no_python_types(tmp_path):
+    for args in (["fit", "--bogus"], ["predict", str(tmp_path)], ["fit", "--w1", "abc"]):
+        out = item(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "╭" not in out.stderr, (args, out.stderr)
+    for command in ("predict", "ingest", "evaluate", "fit", "caption", "demo"):
+        text = item(command, "--help", cwd=tmp_path).stdout
+        assert not re.search(r"<(str|int|float|bool|path|list\[[^]]*\])>", text, re.I), (command, text)
+    assert "PATH..." in item("predict", "--help", cwd=tmp_path).stdout
+    unknown = item("evaluate", "--heads", "nope", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert unknown.returncode == 2 and "known: item, " in unknown.stderr

@@ -1,4 +1,5 @@
-"""The HTML report renders in headless Chromium with every image loaded and no console message.
+"""The HTML report renders in headless Chromium with every image loaded and no console message, and
+shows what the terminal tables show (`n (real/fake)`, †) and a legend for its cards.
 
 Chromium comes from Debian's `chromium` package: .ci/run installs it, and this test installs it
 when missing and it can; it skips only when Chromium cannot be had.
@@ -79,6 +80,9 @@ def test_report_renders_with_every_image_and_no_console_message(full_run, tmp_pa
     assert total == text.count("<img ") >= 3 + text.count("class='card'")  # plots + explained images
     assert text.count("class='card'") >= 2 and loaded == total  # every test image of this small set
     assert console == []
+    # the tables as the terminal prints them, the cards' legend and choice, pooled vs mean AP: in the page shown
+    assert dom.count("<td>n (real/fake)</td>") >= 5 and "How these were chosen" in dom and "true label" in dom
+    assert "pool every test image" in dom and "mean over the generators" in dom
 
 
 def test_the_console_check_catches_a_message(full_run, tmp_path):

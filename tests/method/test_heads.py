@@ -109,3 +109,21 @@ def test_a_threshold_is_not_fitted_on_a_handful_of_validation_rows():
     assert not small["fitted"] and small["threshold"] == 0.5 and small["temperature"] == 1.0
     assert f"{few} real and {few} fake" in small["note"]
     assert calibrate(head, x, y)["fitted"]
+
+
+def test_a_head_is_named_by_what_tells_it_apart(tmp_path):
+    from pipeline.method.heads import describe, resolve_model, varying
+
+    base = {"head": "mlp", "features": "both", "w1": 1.0, "w2": 1.0, "epochs": 50, "train_generators": []}
+    ablation = {**base, "w2": 0.5}
+    short = {**base, "epochs": 10, "train_generators": ["progan"]}
+    assert describe("mlp-aaa", ablation) == "mlp-aaa (both, w1=1, w2=0.5)"
+    assert varying([base, ablation, short]) == ["epochs", "train_generators"]  # w2 is always shown
+    assert (
+        describe("mlp-ccc", short, varying([base, short])) == "mlp-ccc (both, w1=1, w2=1, epochs=10, "
+        "train_generators=progan)"
+    )
+    (tmp_path / "mlp-aaa").mkdir()
+    (tmp_path / "mlp-aaa" / "config.json").write_text("{}")
+    assert resolve_model(tmp_path, "mlp-aaa") == tmp_path / "mlp-aaa"  # a name under models/
+    assert resolve_model(tmp_path, tmp_path / "elsewhere") == tmp_path / "elsewhere"  # a path stays a path
