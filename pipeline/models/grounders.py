@@ -8,6 +8,8 @@ dropped; the `max_objects` highest-scoring objects are kept, in descending score
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,8 @@ import numpy as np
 from pipeline.models import GROUNDERS, inference, to_device
 from pipeline.models.base import TransformersBackend
 from pipeline.models.settings import GroundSettings
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]  # {"phrase": str, "box": [x0, y0, x1, y1], "score": float}
 
@@ -34,6 +38,31 @@ class Prepared:
 def prompt_of(caption: str) -> str:
     text = " ".join(caption.strip().lower().split())
     return text if text.endswith(".") else text + "."
+
+
+def fit_prompt(prompt: str, n_tokens: Callable[[str], int], limit: int) -> tuple[str, bool]:
+    """The prompt cut after a word so that it is at most `limit` tokens (ending with "." again), and
+    whether it was cut: a caption longer than the grounder's text limit is grounded on its start
+    (and counted) instead of failing the batch it is in."""
+    if n_tokens(prompt) <= limit:
+        return prompt, False
+    words = prompt.rstrip(".").split()
+    lo, hi = 0, len(words)  # the most words that fit: words[:lo] fits, words[:hi + 1] does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if n_tokens(" ".join(words[:mid]) + ".") <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo]) + ".", True
+
+
+def warn_truncated(cut: int, total: int, limit: int) -> None:
+    if cut:
+        log.warning(
+            "ground: %d of %d caption(s) longer than the grounder's %d text tokens: grounded on their start",
+            cut, total, limit,
+        )
 
 
 def clean_phrase(phrase: str) -> str:
@@ -193,7 +222,10 @@ class TransformersGroundingDino(TransformersBackend):
         import torch
 
         model, processor = self._loaded
-        inputs = processor(text=[prompt_of(c) for c in captions], padding=True, return_tensors="pt")
+        limit = model.config.max_text_len
+        fitted = [fit_prompt(prompt_of(c), lambda t: len(processor.tokenizer(t)["input_ids"]), limit) for c in captions]
+        warn_truncated(sum(cut for _, cut in fitted), len(fitted), limit)
+        inputs = processor(text=[p for p, _ in fitted], padding=True, return_tensors="pt")
         inputs["pixel_values"] = torch.stack([item.pixel_values for item in items])
         inputs["pixel_mask"] = torch.stack([item.pixel_mask for item in items])
         inputs = {key: to_device(value, self.device) for key, value in inputs.items()}

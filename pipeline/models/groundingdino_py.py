@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.models import GROUNDERS, LOAD_COUNTS, inference, loading, resolve_device
-from pipeline.models.grounders import Obj, finish, pad_to_aspect, prompt_of
+from pipeline.models.grounders import Obj, finish, fit_prompt, pad_to_aspect, prompt_of, warn_truncated
 from pipeline.models.settings import GroundSettings
 
 log = logging.getLogger(__name__)
@@ -142,15 +142,19 @@ class GroundingDinoPy:
                 T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
             ]
         )
+        model = self.model
+        limit = min(model.max_text_len, model.bert.config.max_position_embeddings)
+        fitted = [fit_prompt(prompt_of(c), lambda t: len(model.tokenizer(t)["input_ids"]), limit) for c in captions]
+        warn_truncated(sum(cut for _, cut in fitted), len(fitted), limit)
         out = []
-        for original, caption in zip(images, captions, strict=True):
+        for original, (prompt, _) in zip(images, fitted, strict=True):
             image = pad_to_aspect(original)
             tensor, _ = transform(image, None)
             with inference(self.cfg):
                 boxes, scores, phrases = predict(
                     self.model,
                     tensor,
-                    prompt_of(caption),
+                    prompt,
                     self.cfg.box_threshold,
                     self.cfg.text_threshold,
                     device=self.device,

@@ -175,3 +175,37 @@ def test_images_of_nearby_sizes_share_a_model_call_and_keep_their_own_objects(tm
     assert sorted(runs[0, 12][0]) == [4, 4, 4]
     assert_same_rows(runs[64, 1][1], runs[64, 12][1], "ground")
     assert len(fingerprints - {None}) == 2  # the padding changes results: it is in the fingerprint
+
+
+def test_a_prompt_past_the_text_limit_is_cut_after_a_word():
+    from pipeline.models.grounders import fit_prompt
+
+    def words(text: str) -> int:  # a tokenizer of whole words, plus its two special tokens
+        return len(text.split()) + 2
+
+    assert fit_prompt("a b c.", words, 5) == ("a b c.", False)
+    assert fit_prompt("a b c d e f.", words, 5) == ("a b c.", True)  # 3 words + [CLS] + [SEP]
+    assert fit_prompt("a b c d e f.", words, 2) == (".", True)
+
+
+def test_a_caption_longer_than_the_grounder_s_text_limit_is_grounded_and_counted_not_a_failed_batch(caplog):
+    """Before: `size of tensor a (603) must match ... (256)` for the whole batch."""
+    import logging
+
+    from pipeline.models.grounders import TransformersGroundingDino
+
+    cfg = tiny().stage("ground")
+    grounder = TransformersGroundingDino(cfg, "cpu")
+    rng = np.random.default_rng(5)
+    image = Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    long_caption = "a red ball and a blue car near a small dog " * 40
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.grounders"):
+        together = grounder.ground([image, image], [long_caption, "a red ball"])
+    assert "1 of 2 caption(s) longer than the grounder's 256 text tokens" in caplog.text
+    alone = grounder.ground([image], ["a red ball"])[0]  # its batch mate is unaffected (to float rounding:
+    assert [o["phrase"] for o in together[1]] == [o["phrase"] for o in alone]  # the text is padded longer)
+    assert np.allclose([o["box"] for o in together[1]], [o["box"] for o in alone], atol=1e-3)
+    assert together[0]  # the long one has its objects
+    tokenizer = grounder._loaded[1].tokenizer
+    kept = len(tokenizer(long_caption.split(" and")[0])["input_ids"])
+    assert kept < 256 < len(tokenizer(long_caption)["input_ids"])
