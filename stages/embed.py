@@ -3,12 +3,14 @@ and its phrase. Raw, unnormalised embeddings are stored; normalisation belongs t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.engine import schemas
 from pipeline.engine.config import ConfigError, check_dtype, knob
@@ -19,6 +21,8 @@ from pipeline.engine.inputs import ImageRows
 from pipeline.engine.stage import STAGES
 from pipeline.models import ENCODERS, Encoder, shared_backend
 from pipeline.models.clip import embed_dim
+
+log = logging.getLogger(__name__)
 
 
 def crop_box(image, box: list[float]):
@@ -59,6 +63,9 @@ def embed_schema(dim: int) -> pa.Schema:
         pa.field("text_embed", schemas.vector(dim)),
         pa.field("object_image_embeds", pa.list_(schemas.vector(dim))),
         pa.field("object_text_embeds", pa.list_(schemas.vector(dim))),
+        # How many of the row's texts (caption and phrases) were longer than the text encoder's context
+        # (77 tokens) and embedded cut to it; null in rows written before it was counted.
+        pa.field("truncated_texts", pa.int16()),
     )
 
 
@@ -115,7 +122,9 @@ class EmbedStage(FeatureStage):
             if isinstance(item, ImageDecodeError):
                 out.append({"image_id": row["image_id"], **error_fields(item)})
                 continue
-            out.append({"image_id": row["image_id"], "object_image_embeds": [], "object_text_embeds": []})
+            out.append(
+                {"image_id": row["image_id"], "object_image_embeds": [], "object_text_embeds": [], "truncated_texts": 0}
+            )
             whole, crops = item
             tensors.append(whole)
             texts.append(row["caption"])
@@ -125,6 +134,7 @@ class EmbedStage(FeatureStage):
                 texts.append(obj["phrase"])
                 owners.append((k, j))
         if tensors:
+            self._count_truncated(texts, owners, out)
             image_emb = self._batched(lambda s: self.encoder.encode_images(torch.stack(tensors[s])), len(tensors))
             text_emb = self._batched(lambda s: self.encoder.encode_texts(texts[s]), len(texts))
             for (k, j), ie, te in zip(owners, image_emb, text_emb, strict=True):
@@ -134,6 +144,27 @@ class EmbedStage(FeatureStage):
                     out[k]["object_image_embeds"].append(ie)
                     out[k]["object_text_embeds"].append(te)
         return out
+
+    def _count_truncated(self, texts: list[str], owners: list[tuple[int, int]], out: list[dict[str, Any]]) -> None:
+        """Count, per row, the texts the text encoder will read cut to its context, and say so: never a
+        silent truncation (the stage's summary and `item status` add the rows' counts up)."""
+        truncated = getattr(self.encoder, "truncated", lambda t: [False] * len(t))(texts)
+        for (k, _), cut in zip(owners, truncated, strict=True):
+            out[k]["truncated_texts"] += int(cut)
+        if any(truncated):
+            log.warning(
+                "embed: %d caption(s) or phrase(s) longer than the text encoder's %d tokens, embedded cut to it",
+                sum(truncated),
+                getattr(self.encoder, "context_length", 77),
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """The engine's counts, and the texts embedded cut to the text encoder's context (all rows)."""
+        summary = super().summary()
+        out = self.output
+        column = out.read(["truncated_texts"]).column("truncated_texts") if out.path.is_dir() else None
+        summary["truncated_texts"] = int(pc.sum(column).as_py() or 0) if column is not None else 0
+        return summary
 
     @property
     def batch_rows(self) -> int:

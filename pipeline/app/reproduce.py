@@ -32,6 +32,7 @@ from pipeline.method.protocol import (
     Plan,
     Protocol,
     check_subset,
+    columns_of,
     lost_test_images,
     make_plan,
     refuse_other_subsets,
@@ -152,16 +153,17 @@ def build_result(
         "given": plan.given,
         "held_elsewhere": held_elsewhere,
     }
-    return {"protocol": protocol_info, "tables": compared(groups, lambda column: _located(column, plan))}
+    return {"protocol": protocol_info, "tables": compared(groups, lambda column: _located(column, plan, protocol))}
 
 
-def _located(column: Column, plan: Plan) -> tuple[str | None, str]:
+def _located(column: Column, plan: Plan, protocol: Protocol) -> tuple[str | None, str]:
     """The generator the plan scores for `column`, and why there is none (when there is none)."""
     dataset = DATASETS[column.dataset]
     generator = plan.columns.get((column.dataset, column.label))
     if column.dataset not in plan.given:
         return generator, f"{dataset.title} not given ({dataset.option})"
-    return generator, f"not found under {dataset.option} (a folder named {' or '.join(column.folders)})"
+    folders = next(c.folders for c in columns_of(protocol) if (c.dataset, c.label) == (column.dataset, column.label))
+    return generator, f"not found under {dataset.option} (a folder named {' or '.join(folders)})"
 
 
 def write_reports(store: Store, result: dict[str, Any], markdown: str) -> list[Path]:

@@ -77,9 +77,29 @@ class Placement:
     key: str = ""  # the file's path from its split folder on: what the seeded subset is drawn by
 
 
-def _first_column(parts: Iterable[str], dataset: str) -> tuple[str, Column] | None:
+# Where Table I's Deepfakes column comes from. The paper's footnote names whichfaceisreal.com (WFIR);
+# the works whose protocol and baseline rows it follows (CNNDetection [12], UniversalFakeDetect
+# [15]) report "Deepfakes" on CNNDetection's `deepfake` folder (FaceForensics++), which is therefore
+# the default: the other rows of Table I were measured there. CNNDetection's test set ships both.
+DEEPFAKES_COLUMN = "Deepfakes"
+DEEPFAKES_SOURCES: dict[str, tuple[str, ...]] = {
+    "faceforensics": ("deepfake", "deepfakes"),  # CNNDetection's test/deepfake: FaceForensics++
+    "whichfaceisreal": ("whichfaceisreal", "wfir"),  # CNNDetection's test/whichfaceisreal: the footnote's
+}
+
+
+def columns_of(protocol: Protocol | None = None) -> tuple[Column, ...]:
+    """The tables' columns with the folders this protocol reads them from (the Deepfakes source)."""
+    folders = DEEPFAKES_SOURCES[(protocol or Protocol()).deepfakes]
+    return tuple(
+        dataclasses.replace(c, folders=folders) if (c.dataset, c.label) == ("cnndetection", DEEPFAKES_COLUMN) else c
+        for c in dict.fromkeys(c for t in TABLES for c in t.columns)
+    )
+
+
+def _first_column(parts: Iterable[str], dataset: str, protocol: Protocol | None = None) -> tuple[str, Column] | None:
     """The first folder of `parts` that names a column of `dataset`, with that column."""
-    known = {canonical(f): c for t in TABLES for c in t.columns if c.dataset == dataset for f in c.folders}
+    known = {canonical(f): c for c in columns_of(protocol) if c.dataset == dataset for f in c.folders}
     return next(((p, known[canonical(p)]) for p in parts if canonical(p) in known), None)
 
 
@@ -88,7 +108,7 @@ def _layout(dataset: str, parts: tuple[str, ...]) -> tuple[int | None, str | Non
     return LAYOUTS.get(DATASETS[dataset].layout)(parts, "")
 
 
-def place_cnndetection(parts: tuple[str, ...]) -> Placement | None:
+def place_cnndetection(parts: tuple[str, ...], protocol: Protocol | None = None) -> Placement | None:
     """`train|val/[progan/]<class>/0_real|1_fake` are ProGAN pools; `test/<generator>/[<class>/]...` (or a
     tree with no split folder: CNN_synth_testset) are test images of a table's generator."""
     label, _, split = _layout("cnndetection", parts)
@@ -100,14 +120,14 @@ def place_cnndetection(parts: tuple[str, ...]) -> Placement | None:
         # The key leaves out a `progan` level (UniversalFakeDetect's copy has train/progan/<class>).
         key = "/".join((split, *(p for p in rest if p.lower() != TRAIN_GENERATOR)))
         return Placement(split, TRAIN_GENERATOR, label, key=key)
-    found = _first_column(rest, "cnndetection")
+    found = _first_column(rest, "cnndetection", protocol)
     if found is None:
-        return None  # crn, imle, san, seeingdark, whichfaceisreal: not in the paper's tables
+        return None  # crn, imle, san, seeingdark, and the Deepfakes source not chosen: not in the tables
     column = found[1]
     return Placement("test", f"cnndetection/{column.folders[0]}", label, column.label if label else None)
 
 
-def place_ufd(parts: tuple[str, ...]) -> Placement | None:
+def place_ufd(parts: tuple[str, ...], protocol: Protocol | None = None) -> Placement | None:
     """`diffusion_datasets/<generator>/1_fake`, reals in `laion/0_real` and `imagenet/0_real`. Generators
     are named `ufd/<real source>/<generator>` so that evaluation pairs each with its reals."""
     label, _, _ = _layout("ufd", parts)
@@ -124,7 +144,7 @@ def place_ufd(parts: tuple[str, ...]) -> Placement | None:
     return Placement("test", f"ufd/{source}/{name}", label, found[1].label if label == 1 else None)
 
 
-def place_genimage(parts: tuple[str, ...]) -> Placement | None:
+def place_genimage(parts: tuple[str, ...], protocol: Protocol | None = None) -> Placement | None:
     """`<generator>/<subset>/val/{ai,nature}`: the val split is GenImage's test set; train is skipped."""
     label, _, split = _layout("genimage", parts)
     if label is None or split == "train":
@@ -136,7 +156,7 @@ def place_genimage(parts: tuple[str, ...]) -> Placement | None:
     return Placement("test", f"genimage/{column.folders[0]}", label, column.label if label == 1 else None)
 
 
-def place_diffusionforensics(parts: tuple[str, ...]) -> Placement | None:
+def place_diffusionforensics(parts: tuple[str, ...], protocol: Protocol | None = None) -> Placement | None:
     """`[images/]test/<source>/<generator>/*`, reals in `<source>/real`; DIRE maps and reconstructions
     and the train/val splits are skipped."""
     label, generator, split = _layout("diffusionforensics", parts)
@@ -150,7 +170,7 @@ def place_diffusionforensics(parts: tuple[str, ...]) -> Placement | None:
     return Placement("test", f"diffusionforensics/{generator}", 1, found[1].label)
 
 
-PLACERS: dict[str, Callable[[tuple[str, ...]], Placement | None]] = {
+PLACERS: dict[str, Callable[[tuple[str, ...], Protocol | None], Placement | None]] = {
     "cnndetection": place_cnndetection,
     "ufd": place_ufd,
     "diffusionforensics": place_diffusionforensics,
@@ -174,7 +194,7 @@ def relative_parts(location: str, root: str) -> tuple[str, ...]:
     return (name, *below, *inside)
 
 
-def placed(dataset: str, root: str | Path) -> Iterator[tuple[Source, Placement]]:
+def placed(dataset: str, root: str | Path, protocol: Protocol | None = None) -> Iterator[tuple[Source, Placement]]:
     """Every file under `root` (a folder, zip or tar) that belongs to the protocol, with its place."""
     text = _root_text(root)
     if not locations.is_url(text) and not Path(text).exists():
@@ -183,7 +203,7 @@ def placed(dataset: str, root: str | Path) -> Iterator[tuple[Source, Placement]]
     skipped = 0
     for source in discover([text], dataset=dataset, layout=DATASETS[dataset].layout):
         parts = relative_parts(source.path, text)
-        where = place(parts[:-1])
+        where = place(parts[:-1], protocol)
         if where is None:
             skipped += 1
             continue
@@ -202,8 +222,11 @@ class Protocol:
     train_count: int = PAPER_TRAIN_COUNT  # ProGAN training images per class (real, fake)
     val_count: int = 1_000  # validation images per class, from CNNDetection's val/ (calibration only)
     seed: int = 0
+    deepfakes: str = "faceforensics"  # Table I's Deepfakes column: faceforensics | whichfaceisreal
 
     def __post_init__(self) -> None:
+        if self.deepfakes not in DEEPFAKES_SOURCES:
+            raise UsageError(f"--deepfakes must be one of {', '.join(DEEPFAKES_SOURCES)}, got {self.deepfakes!r}")
         if self.train_count < 1:
             raise UsageError(f"--train-count must be at least 1, got {self.train_count}")
         if self.val_count < 0:
@@ -242,7 +265,7 @@ def make_plan(roots: dict[str, list[str | Path]], protocol: Protocol) -> Plan:
     tests: list[tuple[Source, Placement]] = []
     for dataset, paths in given.items():
         for root in paths:
-            for source, where in placed(dataset, root):
+            for source, where in placed(dataset, root, protocol):
                 if where.split == "test":
                     tests.append((_assigned(source, dataset, where), where))
                 else:

@@ -171,6 +171,22 @@ class ClipEncoder:
         visual = self._loaded[0].visual
         return next((m.weight.dtype for m in visual.modules() if isinstance(m, torch.nn.Conv2d)), torch.float32)
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the text encoder reads (77 for CLIP): longer texts are cut to it by the tokenizer."""
+        return int(getattr(self._loaded[2], "context_length", None) or 77)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Whether each text is longer than the context, start and end tokens included (open_clip's
+        tokenizer cuts it there without a word: the embedding is of its first 75 tokens)."""
+        tokenizer, limit = self._loaded[2], self.context_length
+        if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip's BPE
+            return [len(tokenizer.encode(t)) + 2 > limit for t in texts]
+        inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer: a transformers tokenizer
+        if inner is not None:
+            return [len(inner(t)["input_ids"]) > limit for t in texts]
+        return [False for _ in texts]  # a tokenizer we cannot ask: counted as fitting
+
     def encode_texts(self, texts: list[str]) -> Any:
         """Raw (unnormalised) text embeddings, float32 on the CPU."""
 

@@ -80,7 +80,7 @@ def make_cnndetection(root: Path) -> Path:
     for k, cls in enumerate(("airplane", "cat")):
         real_fake(root / "train" / cls, 4, seed=k)
     real_fake(root / "val" / "horse", 3, seed=5)
-    for k, generator in enumerate((*CNN_TEST, "crn")):
+    for k, generator in enumerate((*CNN_TEST, "crn", "whichfaceisreal")):
         where = root / "test" / generator
         real_fake(where / "apple" if generator == "cyclegan" else where, 2, seed=10 + k)
     return root
@@ -273,6 +273,26 @@ def test_the_seeded_subset_depends_on_the_seed_not_on_where_or_how_the_dataset_i
     others = [chosen(moved, seed) for seed in (1, 2, 3)]
     assert all(digest != original[1] for _, digest in others)
     assert any(files != original[0] for files, _ in others)
+
+
+def test_the_deepfakes_column_reads_faceforensics_by_default_or_the_footnotes_whichfaceisreal(benchmarks):
+    """Table I's Deepfakes: CNNDetection's `deepfake` folder (FaceForensics++, where the rows the paper
+    compares with were measured) unless the protocol asks for whichfaceisreal.com (the paper's footnote)."""
+    from pipeline.engine.errors import UsageError
+
+    generators = {}
+    for source in ("faceforensics", "whichfaceisreal"):
+        protocol = Protocol(train_count=TRAIN_COUNT, val_count=VAL_COUNT, deepfakes=source)
+        plan = make_plan({"cnndetection": [benchmarks["cnndetection"]]}, protocol)
+        generators[source] = plan.columns["cnndetection", "Deepfakes"]
+        tested = {s.generator for s in plan.of_split("test")}
+        assert generators[source] in tested and {"cnndetection/progan", "cnndetection/stargan"} <= tested
+        fakes = [s for s in plan.of_split("test") if s.generator == generators[source] and s.label == 1]
+        assert fakes and all(f"/test/{generators[source].split('/')[1]}/" in s.path for s in fakes)
+    assert generators == {"faceforensics": "cnndetection/deepfake", "whichfaceisreal": "cnndetection/whichfaceisreal"}
+    assert Protocol().deepfakes == "faceforensics"
+    with pytest.raises(UsageError, match="--deepfakes"):
+        Protocol(deepfakes="wfir.com")
 
 
 def test_the_paper_rows_are_the_papers_means():
