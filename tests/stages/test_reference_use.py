@@ -236,3 +236,23 @@ def _outward(box, image):
     x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
     x1, y1 = min(int(np.ceil(box[2])), image.width), min(int(np.ceil(box[3])), image.height)
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def test_captions_grounded_together_are_each_their_own_prompt(cached):
+    """Several images and captions in one call of the grounder (images of one size: one model call)
+    give each image the objects of its own caption alone. transformers' processor merges a list of
+    dot-free strings into one prompt ("a. b."), so a caption must reach it ending in its dot."""
+    from pipeline.models import GROUNDERS
+
+    config, images, captions, grounded, _ = cached
+    cfg = config.stage("ground")
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for image_id, image in images.items():
+        by_size.setdefault(image.size, []).append(image_id)
+    pairs = [ids for ids in by_size.values() if len(ids) > 1]
+    assert pairs
+    grounder = GROUNDERS.get(cfg.backend)(cfg, "cpu")
+    for ids in pairs:
+        found = grounder.ground([images[i] for i in ids], [captions[i]["caption"] for i in ids])
+        for image_id, objects in zip(ids, found, strict=True):
+            assert_same_objects(objects, grounded[image_id]["objects"], image_id)
