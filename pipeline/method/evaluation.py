@@ -86,3 +86,38 @@ def evaluation_key(model: str, split: str, threshold: float, rows: pl.DataFrame)
 def format_tables(results: list[dict[str, Any]], metrics: tuple[str, ...] = ("acc", "ap")) -> str:
     """The paper's Tables I/II layout for the given metrics, as Markdown."""
     return "\n\n".join(f"{LABELS[m]} (%), split {results[0]['split']!r}:\n{table(results, m)}" for m in metrics)
+
+
+# Fig. 9's panels of ITEM's D: ProGAN (a GAN), LDM (a diffusion model) and StarGAN ("deepfakes"), each
+# a generator's fakes with the reals it is scored against. Names are matched on the manifest
+# generator's last part (`cnndetection/progan`, `ufd/laion/ldm_200`): the first alias found wins.
+FIG9_GENERATORS: dict[str, tuple[str, ...]] = {
+    "ProGAN": ("progan",),
+    "LDM": ("ldm_200", "ldm", "ldm_100", "ldm_200_cfg"),
+    "StarGAN": ("stargan",),
+}
+
+
+def tsne_panels(rows: pl.DataFrame, limit: int = 1500, seed: int = 0) -> dict[str, pl.DataFrame]:
+    """The rows each t-SNE panel shows: "all" (every generator pooled), then Fig. 9's generators that
+    `rows` holds, each its fakes with its paired reals (the pairing rule above); when it holds none of
+    them (the demo), up to three of its own generators. At most `limit` rows a panel, a seeded sample."""
+    groups = generator_groups(rows)
+    last = {g: g.rsplit("/", 1)[-1].lower() for g in groups}
+    chosen: dict[str, str] = {}
+    for title, aliases in FIG9_GENERATORS.items():
+        found = next((g for alias in aliases for g in sorted(groups) if last[g] == alias), None)
+        if found is not None:
+            chosen[title] = found
+    if not chosen:
+        chosen = {g: g for g in sorted(groups)[:3]}
+
+    def sample(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.sample(limit, seed=seed) if frame.height > limit else frame
+
+    panels = {"all": sample(rows)}
+    for title, generator in chosen.items():
+        panel = rows[groups[generator]]
+        if panel["label"].n_unique() == 2:  # a panel shows real against fake
+            panels[title] = sample(panel)
+    return panels

@@ -64,3 +64,30 @@ def test_a_cell_on_few_images_is_marked_and_counted():
     assert lines[2].startswith("| h | 100.00† | ") and "†" not in lines[2].split("|")[3]
     assert lines[3] == "| n (real/fake) | 4 (2/2) | 120 (60/60) | 120 (60/60) |"
     assert "fewer than 10 real or 10 fake images" in md
+
+
+def test_tsne_panels_are_fig_9s_generators_each_with_its_reals_beside_the_pooled_rows():
+    import polars as pl
+
+    from pipeline.method.evaluation import tsne_panels
+
+    generators = ["cnndetection/progan"] * 4 + ["cnndetection/stargan"] * 4 + ["ufd/laion/ldm_200"] * 2
+    generators += ["ufd/laion/real"] * 2 + ["cnndetection/biggan"] * 4
+    labels = [0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1]
+    rows = pl.DataFrame(
+        {
+            "image_id": [f"{k:02d}" for k in range(16)],
+            "generator": generators,
+            "label": labels,
+            "dataset": ["cnndetection"] * 8 + ["ufd"] * 4 + ["cnndetection"] * 4,
+        }
+    )
+    panels = tsne_panels(rows)
+    assert list(panels) == ["all", "ProGAN", "LDM", "StarGAN"]
+    assert panels["all"].height == 16
+    assert panels["ProGAN"]["image_id"].to_list() == ["00", "01", "02", "03"]
+    assert panels["LDM"]["image_id"].to_list() == ["08", "09", "10", "11"]  # LDM's fakes with LAION's reals
+    assert panels["StarGAN"]["image_id"].to_list() == ["04", "05", "06", "07"]
+    assert tsne_panels(rows, limit=5)["all"].height == 5
+    demo = rows.with_columns(pl.Series("generator", ["toygan"] * 8 + ["toydiff"] * 8))
+    assert list(tsne_panels(demo)) == ["all", "toydiff", "toygan"]

@@ -63,8 +63,9 @@ def test_texts_longer_than_clips_context_are_counted_per_row_in_the_summary_and_
     with caplog.at_level(logging.WARNING, logger="stages.embed"):
         run_stage("embed", config, store)
     embed = make_stage("embed", config, store)
-    rows = pl.from_arrow(embed.output.read()).join(pl.from_arrow(store.features("ground", make_stage(
-        "ground", config, store).fingerprint).read()), on="image_id")
+    rows = pl.from_arrow(embed.output.read()).join(
+        pl.from_arrow(store.features("ground", make_stage("ground", config, store).fingerprint).read()), on="image_id"
+    )
     caption_of = dict(pl.from_arrow(store.manifest.read(["image_id", "caption"])).iter_rows())
     expected = {
         r["image_id"]: (len(tokens.encode(caption_of[r["image_id"]])) + 2 > 77)
