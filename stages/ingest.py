@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.engine import locations
-from pipeline.engine.config import ConfigError
+from pipeline.engine.config import ConfigError, knob
 from pipeline.engine.job import Job
 from pipeline.engine.probe import Prober, failed
 from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
@@ -36,14 +36,32 @@ class IngestConfig:
     max_image_pixels: int = 89_478_485  # Pillow's default decompression-bomb limit
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test when no split is given
     decode_timeout: float = 60.0  # seconds per file, decoded in a worker process; 0: in-process, no limit
+    # Bounds on reading one image (ingest and every stage that reads images again): bytes per file,
+    # archive member or object (checked before reading or decompressing), and seconds to connect and
+    # per read for HTTP(S)/S3. Past them a file gets an error row; nothing else in its batch is lost.
+    max_file_bytes: int = knob(1 << 30)
+    read_timeout: float = knob(60.0)
 
     def __post_init__(self) -> None:
         if self.max_image_pixels <= 0:
             raise ConfigError("ingest.max_image_pixels must be positive")
+        size = self.max_file_bytes
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"ingest.max_file_bytes must be a whole number of bytes >= 1, got {size!r}")
+        for name in ("read_timeout", "decode_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < float("inf")):
+                raise ConfigError(f"ingest.{name} must be a finite number of seconds >= 0, got {value!r}")
+        if self.read_timeout == 0:
+            raise ConfigError("ingest.read_timeout must be > 0 seconds")
         if len(self.split_fractions) != 3 or any(not 0.0 <= f <= 1.0 for f in self.split_fractions):
             raise ConfigError(f"ingest.split_fractions must be three fractions in [0, 1], got {self.split_fractions}")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ConfigError("ingest.split_fractions must be three fractions (train, val, test) summing to 1")
+
+
+    def read_limits(self) -> locations.ReadLimits:
+        return locations.ReadLimits(self.max_file_bytes, self.read_timeout)
 
 
 @STAGES.register
@@ -114,7 +132,8 @@ class IngestStage(Job):
         now_at: dict[str, str] = {}  # path -> the image_id it holds now (probed in this run)
         stale: set[str] = set()  # ids of error rows of paths that now hold other bytes
         chunk = self.runtime.chunk_size
-        with Prober(self.runtime.loader_threads, self.cfg.decode_timeout, self.cfg.max_image_pixels) as prober:
+        cfg = self.cfg
+        with Prober(self.runtime.loader_threads, cfg.decode_timeout, cfg.max_image_pixels, cfg.read_limits()) as prober:
             for i in range(0, len(todo), chunk):
                 sources = todo[i : i + chunk]
                 probed = [self._manifest_row(s, r) for s, r in zip(sources, self._probe(prober, sources), strict=True)]

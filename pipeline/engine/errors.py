@@ -31,6 +31,9 @@ KINDS: dict[str, str] = {
     "unreadable_file": "cannot read file",
     "file_changed": "file changed since ingest",
     "bad_file_name": "file name is not valid UTF-8",
+    "file_too_large": "file too large",
+    "not_a_regular_file": "not a regular file",
+    "read_timeout": "read timed out",
     "decode_timeout": "decode timed out",
     "decoder_crashed": "decoder crashed",
     "model_error": "model error",
@@ -41,7 +44,7 @@ KINDS: dict[str, str] = {
 
 # Kinds whose cause can go away without the user asking for a retry: the file at the manifest's
 # path is back, or holds the image's bytes again (see engine/resume.py).
-READ_FAILURES = frozenset({"file_missing", "file_changed"})
+READ_FAILURES = frozenset({"file_missing", "file_changed", "read_timeout"})
 
 
 class RowError(Exception):

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipeline.engine import batches, errors, inputs, keyindex, resume
+from pipeline.engine import batches, errors, inputs, keyindex, locations, resume
 from pipeline.engine.config import pinned
 from pipeline.engine.executors import Executor, InProcessExecutor
 from pipeline.engine.imageio import DEFAULT_MAX_PIXELS
@@ -92,11 +92,13 @@ class FeatureStage(Stage):
         return preparer(batch) if preparer is not None else None
 
     def image_rows(self, transform=None, columns: tuple[str, ...] = (), fallback: bool = True) -> inputs.ImageRows:
-        """An ImageRows with this run's pixel limit (the one the manifest's writer checked files against:
-        its config's `max_image_pixels`, so a stage never decodes what ingest would have refused)."""
-        limits = self.pipeline.stages.get(STAGES.producer(MANIFEST))
-        max_pixels = getattr(limits, "max_image_pixels", DEFAULT_MAX_PIXELS)
-        return inputs.ImageRows(max_pixels, self.runtime.loader_threads, transform, columns, fallback)
+        """An ImageRows with this run's limits (the ones the manifest's writer checked files against: its
+        config's `max_image_pixels` and `read_limits()`, so a stage never reads or decodes what ingest
+        would have refused)."""
+        writer = self.pipeline.stages.get(STAGES.producer(MANIFEST))
+        max_pixels = getattr(writer, "max_image_pixels", DEFAULT_MAX_PIXELS)
+        limits = writer.read_limits() if hasattr(writer, "read_limits") else locations.LIMITS
+        return inputs.ImageRows(max_pixels, self.runtime.loader_threads, transform, columns, fallback, limits)
 
     def summary(self) -> dict[str, Any]:
         return part_summary(self.name, self.fingerprint, self.store.features(self.name, self.fingerprint))

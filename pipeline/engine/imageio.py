@@ -20,6 +20,7 @@ import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
@@ -240,11 +241,19 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, image_id: str | No
     return _checked_decode(path, locations.read_many([path])[0], image_id, max_pixels)
 
 
+def read_error_kind(error: OSError) -> str:
+    """The row error kind of a failed read."""
+    if isinstance(error, FileNotFoundError):
+        return "file_missing"
+    if isinstance(error, TimeoutError):
+        return "read_timeout"
+    return getattr(error, "kind", "unreadable_file")  # a LocationError says which
+
+
 def _checked_decode(path: str, data: bytes | OSError, image_id: str | None, max_pixels: int) -> Image.Image:
     if isinstance(data, OSError):
         hint = " (moved? ingest it from its new place)" if isinstance(data, FileNotFoundError) else ""
-        kind = "file_missing" if isinstance(data, FileNotFoundError) else "unreadable_file"
-        raise ImageDecodeError(kind, f"{type(data).__name__}: {data.strerror or data}{hint}")
+        raise ImageDecodeError(read_error_kind(data), f"{type(data).__name__}: {data.strerror or data}{hint}")
     if image_id is not None and hashlib.sha256(data).hexdigest() != image_id:
         raise ImageDecodeError(
             "file_changed",
@@ -264,14 +273,14 @@ def _decode_or_error(
 
 
 def load_images(
-    paths: list[str], image_ids: list[str], max_pixels: int, threads: int
+    paths: list[str], image_ids: list[str], max_pixels: int, threads: int, limits: Any = None
 ) -> list[Image.Image | ImageDecodeError]:
     """RGB images for `paths` in order, each checked against its image_id; bytes are read with one open
     per container (a tar shard, a Parquet file), then decoded in threads. A file that fails
     (unreadable, changed since ingest, undecodable) gives its error in its place."""
     from pipeline.engine import locations
 
-    datas = locations.read_many(paths)
+    datas = locations.read_many(paths, limits or locations.LIMITS)
     args = (paths, datas, image_ids, [max_pixels] * len(paths))
     if threads <= 1 or len(paths) <= 1:
         return list(map(_decode_or_error, *args))

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from pipeline.engine import devices
 from pipeline.engine.imageio import ImageDecodeError, load_images
+from pipeline.engine.locations import LIMITS, ReadLimits
 from pipeline.engine.probe import exit_with_parent
 from pipeline.engine.schemas import ERROR_COLUMNS, STATUS_ERROR, STATUS_OK
 from pipeline.engine.store import PartDir, part_name
@@ -158,6 +159,7 @@ class ImageRows:
         columns: the batch's columns `transform` reads (besides the image).
         fallback: a transform that raises passes the image on as it is (the model call then
             preprocesses it again and reports the failure on its own row).
+        limits: bytes and waits of each read (locations.ReadLimits).
     """
 
     max_pixels: int
@@ -165,11 +167,11 @@ class ImageRows:
     transform: Callable[[Any, dict[str, Any]], Any] | None = None
     columns: tuple[str, ...] = ()
     fallback: bool = True
+    limits: ReadLimits = LIMITS
 
     def __call__(self, batch: pa.Table) -> list[Any]:
-        images = load_images(
-            batch.column("path").to_pylist(), batch.column("image_id").to_pylist(), self.max_pixels, self.threads
-        )
+        paths, ids = batch.column("path").to_pylist(), batch.column("image_id").to_pylist()
+        images = load_images(paths, ids, self.max_pixels, self.threads, self.limits)
         if self.transform is None:
             return images
         rows = batch.select(list(self.columns)).to_pylist() if self.columns else [{}] * batch.num_rows

@@ -10,6 +10,11 @@
 Containers are read in batches with one open per container: a tar's member offsets are indexed once
 per process, a Parquet file is read one row group at a time. Credentials for object storage come from
 the usual places (environment, profiles) through fsspec's clients; nothing is stored.
+
+Every read is bounded (`ReadLimits`): a file, member or object larger than `max_bytes` is refused
+before it is read or decompressed (its size from the file system, the tar header or the zip
+directory, and never more than `max_bytes` + 1 bytes read whatever they claim), a device, pipe or
+socket is not read at all, and HTTP and S3 connections and reads give up after `timeout` seconds.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat as stat_mode
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -32,6 +39,72 @@ IMAGE_COLUMN = "image"
 
 class LocationError(OSError):
     """The bytes of a location cannot be read (missing member, bad row, unreachable storage)."""
+
+    kind = "unreadable_file"  # the row's error kind (engine/errors.py)
+
+
+class TooLargeError(LocationError):
+    kind = "file_too_large"
+
+
+class NotRegularError(LocationError):
+    kind = "not_a_regular_file"
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on reading one image's bytes (ingest.max_file_bytes and ingest.read_timeout)."""
+
+    max_bytes: int = 1 << 30  # a file, archive member or object; 1 GiB is ~20x the largest photo
+    timeout: float = 60.0  # seconds to connect, and per read, for HTTP(S) and S3
+
+
+LIMITS = ReadLimits()
+
+
+def too_large(where: str, size: int, limits: ReadLimits) -> TooLargeError:
+    return TooLargeError(f"{where}: {size} bytes, over the limit of {limits.max_bytes} (ingest.max_file_bytes)")
+
+
+def read_bounded(f: Any, where: str, limits: ReadLimits, size: int | None = None) -> bytes:
+    """At most `max_bytes` of an open file: refused before reading when its known `size` is over, and
+    after `max_bytes` + 1 bytes when the size was unknown or wrong."""
+    if size is not None and size > limits.max_bytes:
+        raise too_large(where, size, limits)
+    data = f.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise too_large(where, len(data), limits)
+    return data
+
+
+def read_file(path: str, limits: ReadLimits = LIMITS) -> tuple[bytes, os.stat_result]:
+    """The bytes and stat of a local file: only a regular file (a device such as /dev/zero, a pipe or
+    a socket would never end or never answer), at most `max_bytes`."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat_mode.S_ISREG(st.st_mode):
+            raise NotRegularError(f"{path}: not a regular file (a device, pipe or socket)")
+        return read_bounded(f, path, limits, st.st_size), st
+
+
+def storage_options(url: str, limits: ReadLimits = LIMITS) -> dict[str, Any]:
+    """fsspec options bounding a client's waits: aiohttp's connect and read timeouts for HTTP(S),
+    botocore's for S3 (a server that accepts but never answers must not hang a stage)."""
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        t = limits.timeout
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)}}
+    if protocol in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": limits.timeout, "read_timeout": limits.timeout}}
+    return {}
+
+
+def url_to_fs(url: str, limits: ReadLimits = LIMITS) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **storage_options(url, limits))
 
 
 def split(location: str) -> tuple[str, str | None]:
@@ -55,12 +128,12 @@ def kind(location: str) -> str:
     return {".tar": "tar", ".zip": "zip", ".parquet": "parquet"}.get(suffix, "file")
 
 
-def open_binary(path: str):
-    """A local file or an fsspec URL, opened for reading bytes."""
+def open_binary(path: str, limits: ReadLimits = LIMITS):
+    """A local file or an fsspec URL, opened for reading bytes (a container: its members are bounded
+    one by one)."""
     if is_url(path):
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
+        fs, inner = url_to_fs(path, limits)
+        return fs.open(inner, "rb")
     return open(path, "rb")
 
 
@@ -70,9 +143,7 @@ def stat(location: str) -> tuple[int, int] | None:
     outer, _ = split(location)
     try:
         if is_url(outer):
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(outer)
+            fs, path = url_to_fs(outer)
             info = fs.info(path)
             stamp = info.get("LastModified") or info.get("mtime") or info.get("ETag") or 0
             # a stable number for the object's version (Python's hash() differs between processes)
@@ -83,17 +154,17 @@ def stat(location: str) -> tuple[int, int] | None:
         return None
 
 
-def read(location: str) -> bytes:
-    """The bytes of one location."""
-    return read_many([location])[0]
+def read(location: str, limits: ReadLimits = LIMITS) -> bytes | OSError:
+    """The bytes of one location (or its error)."""
+    return read_many([location], limits)[0]
 
 
-def read_many(locations: list[str]) -> list[bytes | OSError]:
+def read_many(locations: list[str], limits: ReadLimits = LIMITS) -> list[bytes | OSError]:
     """The bytes of each location in order, each container opened once; a failure is its error in place."""
     out: list[bytes | LocationError | None] = [None] * len(locations)
     urls = [i for i, location in enumerate(locations) if kind(location) == "url"]
     if len(urls) > 1:  # loose objects: fetched together (concurrently, on the async stores: s3, gcs, http)
-        for i, data in zip(urls, _cat_many([locations[i] for i in urls]), strict=True):
+        for i, data in zip(urls, _cat_many([locations[i] for i in urls], limits), strict=True):
             out[i] = data
     groups: dict[tuple[str, str], list[int]] = {}
     for i, location in enumerate(locations):
@@ -103,7 +174,8 @@ def read_many(locations: list[str]) -> list[bytes | OSError]:
         groups.setdefault((kind(location), outer), []).append(i)
     for (k, outer), members in groups.items():
         try:
-            for i, data in zip(members, _READERS[k](outer, [split(locations[i])[1] for i in members]), strict=True):
+            inners = [split(locations[i])[1] for i in members]
+            for i, data in zip(members, _READERS[k](outer, inners, limits), strict=True):
                 out[i] = data
         except OSError as e:  # kept as it is: FileNotFoundError says "missing", not "broken"
             for i in members:
@@ -116,59 +188,85 @@ def read_many(locations: list[str]) -> list[bytes | OSError]:
     return out  # type: ignore[return-value]
 
 
-def _cat_many(urls: list[str]) -> list[bytes | OSError]:
-    """The bytes of each URL, by one fsspec `cat` of many paths per filesystem; a failure in its place."""
-    import fsspec
-
+def _cat_many(urls: list[str], limits: ReadLimits = LIMITS) -> list[bytes | OSError]:
+    """The bytes of each URL, by one fsspec `cat` of many paths per filesystem (a ranged read of at most
+    max_bytes + 1 bytes each); a failure in its place."""
     out: list[bytes | OSError | None] = [None] * len(urls)
     by_fs: dict[int, tuple[Any, list[tuple[int, str]]]] = {}
     for i, url in enumerate(urls):
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = url_to_fs(url, limits)
         by_fs.setdefault(id(fs), (fs, []))[1].append((i, path))
     for fs, members in by_fs.values():
+        paths = [path for _, path in members]
         try:
-            found = fs.cat([path for _, path in members], on_error="return")
+            found = fs.cat(paths, on_error="return", start=0, end=limits.max_bytes + 1)
         except Exception as e:  # the whole request failed: each member says so
-            found = {path: e for _, path in members}
+            found = {path: e for path in paths}
+        if not isinstance(found, dict):  # one path: fsspec gives its bytes, not a mapping
+            found = {paths[0]: found}
         for i, path in members:
-            data = found.get(path, FileNotFoundError(path))
-            if isinstance(data, BaseException) and not isinstance(data, OSError):
-                data = OSError(f"{type(data).__name__}: {data}")
-            out[i] = data
+            out[i] = _checked_object(found.get(path, FileNotFoundError(path)), urls[i], limits)
     return out  # type: ignore[return-value]
 
 
-def _files(outer: str, inners: list[str | None]) -> Iterator[bytes | LocationError]:
+def _checked_object(data: Any, url: str, limits: ReadLimits) -> bytes | OSError:
+    if isinstance(data, BaseException):
+        if isinstance(data, OSError):
+            return data
+        if "timeout" in type(data).__name__.lower():  # botocore's ReadTimeoutError and kin
+            return TimeoutError(f"{url}: {type(data).__name__}: {data}")
+        return OSError(f"{type(data).__name__}: {data}")
+    if len(data) > limits.max_bytes:
+        return too_large(url, len(data), limits)
+    return data
+
+
+def _files(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[bytes | OSError]:
     for _ in inners:
-        with open_binary(outer) as f:
-            yield f.read()
+        if is_url(outer):
+            yield _cat_many([outer], limits)[0]
+        else:
+            try:
+                yield read_file(outer, limits)[0]
+            except LocationError as e:
+                yield e
 
 
-def _tar(outer: str, inners: list[str | None]) -> Iterator[bytes | LocationError]:
+def _tar(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[bytes | LocationError]:
     index = tar_index(outer, *_stamp(outer))
-    with open_binary(outer) as f:
+    with open_binary(outer, limits) as f:
         for name in inners:
             if name not in index:
                 yield LocationError(f"no member {name!r} in {outer}")
                 continue
             offset, size = index[name]
+            if size > limits.max_bytes:
+                yield too_large(f"{outer}{SEP}{name}", size, limits)
+                continue
             f.seek(offset)
             yield f.read(size)
 
 
-def _zip(outer: str, inners: list[str | None]) -> Iterator[bytes | LocationError]:
-    with open_binary(outer) as f, zipfile.ZipFile(f) as z:
+def _zip(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[bytes | LocationError]:
+    with open_binary(outer, limits) as f, zipfile.ZipFile(f) as z:
         for name in inners:
+            where = f"{outer}{SEP}{name}"
             try:
-                yield z.read(name)
+                info = z.getinfo(name or "")
             except KeyError:
                 yield LocationError(f"no member {name!r} in {outer}")
+                continue
+            try:  # the size the directory claims, before decompressing; then never more than the limit
+                with z.open(info) as member:
+                    yield read_bounded(member, where, limits, info.file_size)
+            except TooLargeError as e:
+                yield e
 
 
-def _parquet(outer: str, inners: list[str | None]) -> Iterator[bytes | LocationError]:
+def _parquet(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[bytes | LocationError]:
     import pyarrow.parquet as pq
 
-    with open_binary(outer) as f:
+    with open_binary(outer, limits) as f:
         pf = pq.ParquetFile(f)
         starts = [0]
         for g in range(pf.num_row_groups):
@@ -186,7 +284,10 @@ def _parquet(outer: str, inners: list[str | None]) -> Iterator[bytes | LocationE
                 continue
             if g not in groups:  # one row group in memory at a time for a sorted batch
                 groups = {g: pf.read_row_group(g, columns=[IMAGE_COLUMN]).column(IMAGE_COLUMN)}
-            yield image_bytes(groups[g][row - starts[g]].as_py(), f"{outer} row {row}")
+            data = image_bytes(groups[g][row - starts[g]].as_py(), f"{outer} row {row}")
+            if isinstance(data, bytes) and len(data) > limits.max_bytes:
+                data = too_large(f"{outer} row {row}", len(data), limits)
+            yield data
 
 
 def image_bytes(cell: Any, where: str) -> bytes | LocationError:

@@ -19,30 +19,28 @@ from typing import Any
 
 from pipeline.engine import locations
 from pipeline.engine.errors import RowError, error_fields
-from pipeline.engine.imageio import ImageDecodeError, decode
+from pipeline.engine.imageio import ImageDecodeError, decode, read_error_kind
 from pipeline.engine.keys import image_id_of_bytes
 from pipeline.engine.schemas import STATUS_OK
 
 log = logging.getLogger(__name__)
 
 
-def probe_file(path: str, max_pixels: int) -> dict[str, Any]:
+def probe_file(path: str, max_pixels: int, limits: locations.ReadLimits = locations.LIMITS) -> dict[str, Any]:
     """image_id, size, mtime and (if it decodes) format and dimensions of one file or location
     (an archive member, a Parquet row, a URL: size and mtime are then its container's)."""
     try:
         if locations.kind(path) == "file":
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
+            data, st = locations.read_file(path, limits)
             size, mtime = st.st_size, st.st_mtime_ns
         else:
-            data = locations.read(path)
+            data = locations.read(path, limits)
             if isinstance(data, Exception):
                 raise data
             size, mtime = locations.stat(path) or (None, None)
     except OSError as e:
         # No bytes, no content key: the id is derived from the path so the failure still has a row.
-        return failed(path, RowError("unreadable_file", f"{type(e).__name__}: {e.strerror or e}"))
+        return failed(path, RowError(read_error_kind(e), f"{type(e).__name__}: {e.strerror or e}"))
     row: dict[str, Any] = {
         "image_id": image_id_of_bytes(data),
         "n_bytes": len(data),
@@ -89,10 +87,13 @@ class Prober:
     With timeout 0 files are probed in this process (no protection against hangs).
     """
 
-    def __init__(self, workers: int, timeout: float, max_pixels: int) -> None:
+    def __init__(
+        self, workers: int, timeout: float, max_pixels: int, limits: locations.ReadLimits = locations.LIMITS
+    ) -> None:
         self.workers = workers
         self.timeout = timeout
         self.max_pixels = max_pixels
+        self.limits = limits
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> Prober:
@@ -103,16 +104,16 @@ class Prober:
 
     def map(self, paths: list[str]) -> list[dict[str, Any]]:
         if self.timeout <= 0 or self._start() is None:
-            return [probe_file(p, self.max_pixels) for p in paths]
+            return [probe_file(p, self.max_pixels, self.limits) for p in paths]
         results: list[dict[str, Any] | None] = [None] * len(paths)
         pending = list(range(len(paths)))
         while pending:
             pool = self._start()
             if pool is None:  # workers stopped being startable: finish here
                 for j in pending:
-                    results[j] = probe_file(paths[j], self.max_pixels)
+                    results[j] = probe_file(paths[j], self.max_pixels, self.limits)
                 break
-            futures = {i: pool.submit(probe_file, paths[i], self.max_pixels) for i in pending}
+            futures = {i: pool.submit(probe_file, paths[i], self.max_pixels, self.limits) for i in pending}
             pending = []
             for i, future in futures.items():
                 reason = self._wait(future)
