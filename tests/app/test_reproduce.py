@@ -301,3 +301,16 @@ def test_the_paper_rows_are_the_papers_means():
         for k, metric in enumerate(table.metrics):
             values = [getattr(c, metric) for c in table.columns]
             assert sum(values) / len(values) == pytest.approx(table.mean[k], abs=0.015), table.key
+
+
+def test_the_protocol_scores_the_test_split_at_the_papers_fixed_0_5_whatever_params_say():
+    """ "We report accuracy (ACC) with a fixed 0.5 threshold": reproduce's evaluate threshold is 0.5 and
+    its split the test split even when params.yaml sets others (evaluate's own test shows ACC stays at
+    that threshold while calibration moves its own)."""
+    from pipeline.app.reproduce import protocol_config
+    from pipeline.engine.config import resolve
+
+    config = protocol_config(resolve("tiny", {"evaluate": {"threshold": 0.7, "split": "val"}}))
+    assert (config.stage("evaluate").threshold, config.stage("evaluate").split) == (0.5, "test")
+    fit = config.stage("fit")
+    assert (fit.train_datasets, fit.train_split, fit.calibration_split) == ((TRAIN_DATASET,), "train", "val")
