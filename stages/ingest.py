@@ -28,6 +28,8 @@ from pipeline.engine.stage import STAGES, RunStats, part_summary
 
 log = logging.getLogger(__name__)
 
+STAMP = {"stage": "ingest"}  # in each manifest and sources part's metadata: readers check who wrote it
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -123,7 +125,8 @@ class IngestStage(Job):
             i: (p, lab)
             for i, p, lab in zip(*(manifest.column(c).to_pylist() for c in ("image_id", "path", "label")), strict=True)
         }
-        todo = [s for s in self.sources() if not self._unchanged(s, seen, known)]
+        changed = self._found_changed()
+        todo = [s for s in self.sources() if not self._unchanged(s, seen, known, changed)]
         stats.todo = len(todo)
         self.begin(len(todo))
         if not todo:
@@ -154,12 +157,13 @@ class IngestStage(Job):
                         continue
                     self._seen_again(source, row, known[image_id], elsewhere)
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
-                if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST)):
+                if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST), metadata=STAMP):
                     stats.parts += 1
                 self.store.sources.write(
                     pa.Table.from_pylist(
                         [self._source_row(s, r) for s, r in zip(sources, probed, strict=True)], schema=SOURCES
-                    )
+                    ),
+                    metadata=STAMP,
                 )
                 self.advance(len(probed))
         moved = self._moved(elsewhere, known, now_at, seen)
@@ -223,7 +227,8 @@ class IngestStage(Job):
         if moved:
             rows = self.store.manifest.read(ids=list(moved))
             paths = pa.array([moved[i] for i in rows.column("image_id").to_pylist()], pa.string())
-            self.store.manifest.write(rows.set_column(rows.schema.get_field_index("path"), "path", paths))
+            rows = rows.set_column(rows.schema.get_field_index("path"), "path", paths)
+            self.store.manifest.write(rows, metadata=STAMP)
             log.info("ingest: %d image(s) found at a new path; the manifest now points there", len(moved))
         still_used = set(self.store.sources.read(["path", "image_id"]).column("image_id").to_pylist())
         stale -= still_used
@@ -241,13 +246,34 @@ class IngestStage(Job):
         columns = (table.column(c).to_pylist() for c in ("path", "n_bytes", "mtime_ns", "image_id"))
         return {p: (n, m, i, status.get(i, "missing")) for p, n, m, i in zip(*columns, strict=True)}
 
+    def _found_changed(self) -> set[str]:
+        """Image ids a stage found no longer in their files (a `file_changed` error row, current, in any
+        feature folder): their files are hashed again whatever their size and mtime say (bytes can be
+        replaced with both kept), so that the stage's advice, re-ingest it, works."""
+        found: set[str] = set()
+        for stage in STAGES.feature_stages():
+            for fingerprint in self.store.fingerprints(stage):
+                folder = self.store.features(stage, fingerprint, STAGES.get(stage).schema)
+                index = folder.index()
+                if index.ok.all():
+                    continue  # no error rows: nothing read
+                current = index.current()
+                failed = index.ids(current[~index.ok[current]]).to_pylist()
+                rows = folder.read(["image_id", "error_kind"], ids=failed)
+                found |= {i for i, k in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
+                          if k == "file_changed"}
+        return found
+
     @staticmethod
-    def _unchanged(source: Source, seen: dict[str, tuple[int, int, str, str]], known: dict[str, Any]) -> bool:
-        """Skip a file only when it is as it was (size, mtime), it read ok, and its image is in the manifest."""
+    def _unchanged(
+        source: Source, seen: dict[str, tuple[int, int, str, str]], known: dict[str, Any], changed: set[str]
+    ) -> bool:
+        """Skip a file only when it is as it was (size, mtime), it read ok, its image is in the manifest,
+        and no stage found its bytes changed."""
         if source.path not in seen or source.error is not None:
             return False
         size, mtime, image_id, status = seen[source.path]
-        if status != STATUS_OK or image_id not in known:
+        if status != STATUS_OK or image_id not in known or image_id in changed:
             return False  # a failed file may be fixed now; a quarantined manifest part must be refilled
         known_path = known[image_id][0]
         if known_path != source.path and not locations.exists(known_path):

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PART_GLOB = "part-*.parquet"
 METADATA_KEY = b"item"
+# The stage that writes each table folder (its parts carry {"stage": ...} in their metadata).
+TABLE_WRITERS = {"manifest": "ingest", "sources": "ingest"}
 
 
 TMP_GLOB = ".part-*.tmp"
@@ -228,7 +230,25 @@ class PartDir:
                 f"part file {part} has columns {', '.join(foreign)} that {self.path.name} rows do not: it belongs to "
                 "another stage (run `item check --quarantine` to move it aside)"
             )
+        problem = self._foreign_part(meta.schema.to_arrow_schema())
+        if problem:
+            raise StoreError(
+                f"part file {part}: {problem}; it does not belong in this folder (run `item check --quarantine`)"
+            )
         return meta.num_rows
+
+    def _foreign_part(self, schema: pa.Schema) -> str | None:
+        """Why a part's own metadata says it was not written for this folder: a feature part must carry
+        the identity that hashes to its folder's fingerprint, of its folder's stage; a manifest or
+        sources part may only name the stage that writes them (parts written before they were
+        stamped name none)."""
+        folder = self.path
+        if folder.parent.parent.name == "features":
+            return _foreign(schema, stage=folder.parent.name, fingerprint=folder.name)
+        stamped = _written_by(schema)
+        if stamped is not None and stamped != TABLE_WRITERS.get(folder.name, stamped):
+            return f"written by stage {stamped!r}, not by {TABLE_WRITERS[folder.name]}"
+        return None
 
     def current_keys(self) -> pa.Table:
         """Key and status of the current row of every key (no part read beyond the key columns)."""
@@ -353,6 +373,24 @@ class PartDir:
         Raises:
             LockedError: naming the live holder (pid, host, start time).
         """
+        with self._flock(what) as fd:
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd,
+                f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+                0,
+            )
+            try:
+                removed = self.remove_temporary()
+                if removed:
+                    log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, self.path)
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+
+    @contextmanager
+    def _flock(self, what: str) -> Iterator[int]:
+        """The folder's OS lock, held (its file descriptor), or LockedError naming the live holder."""
         path = self.path / ".lock"
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
@@ -367,20 +405,17 @@ class PartDir:
                 "wait for it to finish (the lock goes away when that process ends)"
             ) from None
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(
-                fd,
-                f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
-                0,
-            )
-            removed = self.remove_temporary()
-            if removed:
-                log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, self.path)
-            yield
+            yield fd
         finally:
-            os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """The folder with no live writer, held so while files are moved (`check --quarantine`): its
+        lock taken without touching what a writer left (LockedError while one writes)."""
+        with self._flock("a check"):
+            yield
 
     def empty(self, columns: list[str] | None = None) -> pa.Table:
         """No rows, with the columns' types (from the schema given, else from a part's schema)."""
@@ -434,23 +469,37 @@ def part_name(keys: list[str] | None = None) -> str:
 def check_parts(root: str | Path, quarantine: bool = False) -> list[tuple[Path, str]]:
     """Every file under `root` that a reader must not see: part files that are not readable Parquet
     keyed by image_id (or path) with a status, parts written for another stage or configuration than
-    their folder's, and temporary files left by a killed writer.
+    their folder's, and temporary files left by a killed writer. A folder is looked at under its
+    writers' lock: while a writer holds it, its temporary files are that writer's (not reported) and
+    nothing in it is moved.
 
-    With `quarantine`, such files move to `root/quarantine/<same relative path>`, out of every reader's way.
+    With `quarantine`, such files move to `root/quarantine/<same relative path>`, out of every reader's
+    way (a name quarantined before is kept: the newcomer gets a suffix).
     """
     root = Path(root)
     bad = []
     found = sorted({*root.rglob(PART_GLOB), *root.rglob(TMP_GLOB), *root.rglob(".*.tmp")})
+    by_folder: dict[Path, list[tuple[Path, str]]] = {}
     for part in found:
         if "quarantine" in part.relative_to(root).parts:
             continue
         reason = _part_problem(root, part)
         if reason:
-            bad.append((part, reason))
-            if quarantine:
-                target = root / "quarantine" / part.relative_to(root)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(part, target)
+            by_folder.setdefault(part.parent, []).append((part, reason))
+    for folder, problems in by_folder.items():
+        try:  # only while no writer holds the folder: a live writer's temporary file is its own
+            with PartDir(folder).quiet():
+                for part, reason in problems:
+                    bad.append((part, reason))
+                    if quarantine:
+                        target = root / "quarantine" / part.relative_to(root)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        if target.exists():  # a same-named file quarantined before keeps its place
+                            target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+                        os.replace(part, target)
+        except LockedError:
+            note = " (left in place: a writer holds this folder now; check again after it)" if quarantine else ""
+            bad += [(p, r + note) for p, r in problems if not p.name.startswith(".")]  # its temporaries are live
     return bad
 
 
@@ -467,10 +516,7 @@ def _part_problem(root: Path, part: Path) -> str | None:
         pq.read_table(part, columns=[key])
     except (pa.ArrowInvalid, OSError) as e:
         return f"unreadable Parquet: {e}"
-    rel = part.relative_to(root).parts
-    if len(rel) == 4 and rel[0] == "features":
-        return _foreign(schema, stage=rel[1], fingerprint=rel[2])
-    return None
+    return PartDir(part.parent)._foreign_part(schema)
 
 
 def _foreign(schema: pa.Schema, stage: str, fingerprint: str) -> str | None:
