@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
 
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_ROWS = 1 << 20  # rows per part or items per model call: past this a value is a typo, not a setting
 TINY_PREFIX = "tiny/"
 
 
@@ -56,17 +59,28 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or (self.batch_size is not None and self.batch_size < 1) or self.loader_threads < 1:
             raise ConfigError("runtime.chunk_size, batch_size and loader_threads must be >= 1")
+        limits = {"chunk_size": MAX_ROWS, "batch_size": MAX_ROWS, "loader_threads": 256, "feed_workers": 256}
+        for name, most in limits.items():
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ConfigError(f"runtime.{name} must be at most {most}, got {value}")
         if self.feed_workers is not None and self.feed_workers < 0:
             raise ConfigError("runtime.feed_workers must be >= 0")
-        bad = {k: v for k, v in self.batch_sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        bad = {
+            k: v
+            for k, v in self.batch_sizes.items()
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ROWS
+        }
         if bad:
-            raise ConfigError(f"runtime.batch_sizes must map stage names to integers >= 1, got {bad}")
+            raise ConfigError(
+                f"runtime.batch_sizes must map stage names to integers from 1 to {MAX_ROWS}, got {shown(bad)}"
+            )
         if self.task_timeout is not None and not 0 < self.task_timeout < float("inf"):
             raise ConfigError(f"runtime.task_timeout must be a number of seconds > 0, got {self.task_timeout!r}")
         if self.prefetch not in ("auto", "on", "off"):
-            raise ConfigError(f"runtime.prefetch must be auto, on or off, got {self.prefetch!r}")
+            raise ConfigError(f"runtime.prefetch must be auto, on or off, got {shown(self.prefetch)}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ConfigError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {shown(self.device)}")
 
     def batch_size_of(self, stage: str, default: int) -> int:
         """A stage's batch size: its own setting, else the one for every stage, else its default."""
@@ -79,7 +93,7 @@ C = TypeVar("C")
 def check_dtype(dtype: str, stage: str) -> None:
     """A model dtype must be one the backends know."""
     if dtype not in DTYPES:
-        raise ConfigError(f"{stage}.dtype must be one of {DTYPES}, got {dtype!r}")
+        raise ConfigError(f"{stage}.dtype must be one of {DTYPES}, got {shown(dtype)}")
 
 
 def from_dict(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
@@ -87,7 +101,7 @@ def from_dict(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
     every value must have its field's type (the error names the field and what it must be)."""
     if values is not None and not isinstance(values, dict):
         section = where.split(" ", 1)[0]
-        raise ConfigError(f"{section} must be a mapping of settings (key: value), got {values!r}")
+        raise ConfigError(f"{section} must be a mapping of settings (key: value), got {shown(values)}")
     values = dict(values or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -102,7 +116,7 @@ def from_dict(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
         problem = _type_problem(value, hints[key])
         if problem:
             section = where.split(" ", 1)[0]
-            raise ConfigError(f"{section}.{key} must be {problem}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{section}.{key} must be {problem}, got {shown(value)} ({type(value).__name__})")
         kwargs[key] = float(value) if hints[key] is float else value
     try:
         return cls(**kwargs)
@@ -110,7 +124,19 @@ def from_dict(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
         raise ConfigError(f"bad value in {where}: {e}") from e
 
 
+MAX_INT = 2**53  # larger integers lose precision as numbers and overflow array and tensor sizes
 PLURAL = {"a number": "numbers", "an integer": "integers", "text": "text values", "true or false": "true/false values"}
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 4
+_SHOWN.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """A value as an error line shows it: bounded (a nested or huge value prints its start)."""
+    return _SHOWN.repr(value)
 
 
 def _type_problem(value: Any, hint: Any) -> str | None:
@@ -135,9 +161,13 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if hint is bool:
         return None if isinstance(value, bool) else "true or false"
     if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "an integer"
+        return None if abs(value) <= MAX_INT else f"an integer of at most {MAX_INT} in size"
     if hint is float:
-        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "a number"
+        return None if math.isfinite(value) and abs(value) <= MAX_INT else "a finite number (not nan or infinity)"
     if hint is str:
         return None if isinstance(value, str) else "text"
     return None
@@ -215,9 +245,9 @@ def resolve(
         raise ConfigError(f"unknown section(s) in params: {', '.join(unknown)}")
     for section in (*sections, "runtime"):
         if params.get(section) is not None and not isinstance(params[section], dict):
-            raise ConfigError(f"{section} must be a mapping of settings (key: value), got {params[section]!r}")
+            raise ConfigError(f"{section} must be a mapping of settings (key: value), got {shown(params[section])}")
     if not isinstance(params.get("inputs") or [], list | str):
-        raise ConfigError(f"inputs must be a list of folders, lists or files, got {params['inputs']!r}")
+        raise ConfigError(f"inputs must be a list of folders, lists or files, got {shown(params['inputs'])}")
     stages = {}
     for stage, cls in sections.items():
         merged = {**overrides.get(stage, {}), **(params.get(stage) or {})}
@@ -231,6 +261,22 @@ def resolve(
     return PipelineConfig(profile=name, stages=stages, runtime=runtime_cfg)
 
 
+MAX_PARAMS_BYTES = 1 << 20
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (`*name`): a few nested aliases make a small file expand to
+    gigabytes (a "billion laughs"), and settings never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in a params file", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def load_params(path: str | Path | None, required: bool = False) -> dict[str, Any]:
     """Read params.yaml (an absent file is an empty dict, unless `required`: a file the user named)."""
     if path is None:
@@ -240,10 +286,13 @@ def load_params(path: str | Path | None, required: bool = False) -> dict[str, An
         if required:
             raise ConfigError(f"--params {path}: no such file")
         return {}
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size} bytes: a params file is at most {MAX_PARAMS_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=ParamsLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse {path}: {e}") from e
+        first = " ".join(str(e).split())[:300]
+        raise ConfigError(f"cannot parse {path}: {first}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pipeline.app.runner import make_stage
@@ -68,3 +70,49 @@ def test_fingerprint_follows_config_and_inputs_not_runtime(tmp_path):
     assert fp(changed_embed, "ground") == fp(base, "ground")
     assert fp(changed_embed, "embed") != fp(base, "embed")
     assert len(fp(base, "caption")) == 12
+
+
+def _fields_of_type(kind):
+    import typing
+
+    import stages  # noqa: F401  (registers the built-in stages)
+    from pipeline.engine.stage import STAGES
+
+    for stage, cls in STAGES.config_classes().items():
+        for name, hint in typing.get_type_hints(cls).items():
+            if hint is kind:
+                yield stage, name
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 1e300])
+def test_no_float_setting_of_any_stage_takes_nan_infinity_or_an_absurd_size(bad):
+    fields = list(_fields_of_type(float))
+    assert len(fields) >= 10  # the thresholds, weights, rates, noise levels and timeouts of every stage
+    for stage, name in fields:
+        with pytest.raises(ConfigError, match=rf"^{stage}\.{name} must be a finite number") as e:
+            resolve("tiny", {stage: {name: bad}})
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_no_integer_setting_takes_a_size_that_overflows():
+    for stage, name in _fields_of_type(int):
+        with pytest.raises(ConfigError, match=rf"^{stage}\.{name} must be an integer of at most"):
+            resolve("tiny", {stage: {name: 99999999999999999999}})
+    with pytest.raises(ConfigError, match="batch_size"):
+        resolve("tiny", runtime={"batch_size": 99999999999999999999})
+    with pytest.raises(ConfigError, match=r"runtime.batch_size must be at most 1048576"):
+        resolve("tiny", runtime={"batch_size": 1 << 30})
+
+
+def test_a_params_file_with_nested_aliases_is_refused_in_one_short_line_at_once(tmp_path):
+    """A "billion laughs": 9 levels of 9 aliases each, 400 bytes that expand to 387 million strings."""
+    lines = ['a0: &a0 "lol"']
+    for k in range(1, 10):
+        lines.append(f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]")
+    lines.append("caption: {prompt: *a9}")
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"aliases \(\*a0\) are not allowed") as e:
+        load_params(path)
+    assert time.monotonic() - start < 5 and len(str(e.value)) < 500 and "\n" not in str(e.value)
