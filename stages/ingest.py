@@ -96,11 +96,28 @@ class IngestStage(Job):
         self.options = {"dataset": dataset, "layout": layout, "generator": generator, "split": split}
 
     def sources(self) -> list[Source]:
-        """The files the inputs name (or the sources given), in order (a path listed twice is one file)."""
+        """The files the inputs name (or the sources given), in order (a path listed twice is one file),
+        never the store's own files (an input folder that holds the data dir)."""
         found = self.given if self.given is not None else discover(self.paths, **self.options)
         if self.unassigned:
             found = (dataclasses.replace(s, label=None, generator=None, split=None) for s in found)
-        return list({s.path: s for s in found}.values())
+        unique = list({s.path: s for s in found}.values())
+        kept = [s for s in unique if not self._in_store(s.path)]
+        if len(kept) < len(unique):
+            log.warning(
+                "ingest: %d file(s) under the data dir %s left out: the store's own files are never inputs",
+                len(unique) - len(kept), self.store.root,
+            )
+        return kept
+
+    def _in_store(self, location: str) -> bool:
+        outer = locations.split(location)[0]
+        if locations.is_url(outer):
+            return False
+        try:
+            return Path(outer).resolve().is_relative_to(self.store.root.resolve())
+        except (OSError, ValueError):
+            return False
 
     def image_ids(self, sources: list[Source]) -> list[str | None]:
         """The image_id of each source path as ingest recorded it (None if not ingested)."""
@@ -132,6 +149,7 @@ class IngestStage(Job):
         if not todo:
             log.debug("ingest: nothing new to ingest")
         elsewhere: dict[str, str] = {}  # image_id -> a path of this run holding it, not the manifest's
+        labelled: dict[str, dict[str, Any]] = {}  # image_id -> its row where it first has a label
         now_at: dict[str, str] = {}  # path -> the image_id it holds now (probed in this run)
         stale: set[str] = set()  # ids of error rows of paths that now hold other bytes
         chunk = self.runtime.chunk_size
@@ -156,6 +174,9 @@ class IngestStage(Job):
                             stats.count_error(row["error_kind"], row["error_stage"])
                         continue
                     self._seen_again(source, row, known[image_id], elsewhere)
+                    if known[image_id][1] is None and row["label"] is not None and row["status"] == STATUS_OK:
+                        labelled.setdefault(image_id, row)  # scored (predict) or unlabelled first
+                        known[image_id] = (known[image_id][0], row["label"])
                 # Manifest first: a kill between the two writes only costs re-hashing those files.
                 if self.store.manifest.write(pa.Table.from_pylist(manifest_rows, schema=MANIFEST), metadata=STAMP):
                     stats.parts += 1
@@ -167,6 +188,7 @@ class IngestStage(Job):
                 )
                 self.advance(len(probed))
         moved = self._moved(elsewhere, known, now_at, seen)
+        self._label(labelled)
         self._repair(moved, stale - set(moved), wrote=stats.parts > 0)
         duplicates = stats.todo - stats.ok - stats.error
         if duplicates:
@@ -220,6 +242,18 @@ class IngestStage(Job):
         readable = [s.path for s in sources if s.error is None]
         results = iter(prober.map(readable) if readable else [])
         return [failed(s.path, s.error) if s.error is not None else next(results) for s in sources]
+
+    def _label(self, labelled: dict[str, dict[str, Any]]) -> None:
+        """Give images first seen without a label (scored by predict, or from an unlabelled folder) the
+        label, generator, dataset and split of a later ingest that knows them (the path stays)."""
+        if not labelled:
+            return
+        rows = self.store.manifest.read(ids=list(labelled)).to_pylist()
+        for row in rows:
+            new = labelled[row["image_id"]]
+            row.update({k: new[k] for k in ("label", "generator", "dataset", "split") if new[k] is not None})
+        self.store.manifest.write(pa.Table.from_pylist(rows, schema=MANIFEST), metadata=STAMP)
+        log.info("ingest: %d image(s) seen before without a label now have the label of this ingest", len(rows))
 
     def _repair(self, moved: dict[str, str], stale: set[str], wrote: bool) -> None:
         """Point the manifest at the live path of images whose files moved, drop the error rows of paths

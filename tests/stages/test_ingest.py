@@ -93,3 +93,39 @@ def test_every_odd_file_gets_exactly_one_row_matching_the_catalog(tmp_path, odd_
     assert (valid["status"] == "ok").all(), valid.filter(pl.col("status") != "ok").select("path", "error")
     assert (reject["status"] == "error").all(), reject.filter(pl.col("status") != "error").select("path")
     assert reject["error"].str.len_chars().min() > 10
+
+
+def _images(folder, n, seed=0):
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        Image.fromarray((rng.random((20, 30, 3)) * 255).astype("uint8")).save(folder / f"{k}.png")
+
+
+def test_an_image_scored_first_gets_its_label_when_a_later_ingest_knows_it(tmp_path):
+    _images(tmp_path / "inbox", 3)
+    store = Store(tmp_path / "data")
+    run_stage("ingest", tiny(), store, inputs=[tmp_path / "inbox"], unassigned=True)  # what predict does
+    shutil.copytree(tmp_path / "inbox", tmp_path / "gen" / "1_fake")
+    run_stage("ingest", tiny(), store, inputs=[tmp_path / "gen"])
+    rows = pl.from_arrow(store.manifest.read())
+    assert rows.height == 3 and rows["image_id"].n_unique() == 3
+    assert rows["label"].to_list() == [1, 1, 1]
+    # the split a labelled ingest gives (from the image id), written out by the rule's definition
+    assert sorted(rows["split"].to_list()) == sorted(derived_split(i, (0.7, 0.1, 0.2)) for i in rows["image_id"])
+    assert pl.read_parquet(store.root / "manifest").height == 3  # a plain scan: one row per image
+
+
+def test_the_data_dir_is_never_an_input_and_repeated_ingests_of_its_parent_converge(tmp_path):
+    _images(tmp_path / "0_real", 4)
+    store = Store(tmp_path / "data")
+    counts = []
+    for _ in range(3):
+        run_stage("ingest", tiny(), store, inputs=[tmp_path])  # the folder that holds the data dir
+        run_stage("caption", tiny(), store)
+        counts.append(pl.from_arrow(store.manifest.read()).height)
+    assert counts == [4, 4, 4]
+    paths = pl.from_arrow(store.manifest.read())["path"].to_list()
+    assert not any("/data/" in p for p in paths)
