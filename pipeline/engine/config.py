@@ -263,6 +263,39 @@ def resolve(
 
 MAX_PARAMS_BYTES = 1 << 20
 
+# Settings that name files to read or code to run (model directories and weight files, a text
+# encoder, groundingdino-py's Python config): never taken from a configuration someone else saved (a
+# shared head folder). They come from this machine's params, else the saved profile's built-in values.
+LOCAL_SETTINGS = ("model", "pretrained", "text_encoder", "config_file")
+
+
+def resolve_saved(
+    saved: dict[str, Any], params: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None
+) -> tuple[PipelineConfig, list[str]]:
+    """A saved pipeline configuration ({profile, stages}, as a head records it) resolved as data: every
+    value checked like params.yaml's, and LOCAL_SETTINGS taken from `params` (this machine's), else
+    from the saved profile as this code defines it. Also returns the local settings whose saved value
+    was not used ("ground.config_file = 'x.py'"), so a caller can say why results may differ."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("stages"), dict):
+        raise ConfigError("the saved configuration must be a mapping with a 'stages' mapping")
+    profile = saved.get("profile")
+    if not isinstance(profile, str):
+        raise ConfigError(f"the saved configuration's profile must be a name, got {shown(profile)}")
+    local = dict(params or {})
+    sections: dict[str, Any] = {}
+    ignored: list[tuple[str, str, Any]] = []
+    for stage, values in saved["stages"].items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"saved {shown(stage)} must be a mapping of settings, got {shown(values)}")
+        mine = local.get(stage) or {}
+        section = {k: v for k, v in values.items() if k not in LOCAL_SETTINGS}
+        section.update({k: mine[k] for k in LOCAL_SETTINGS if isinstance(mine, dict) and k in mine})
+        sections[stage] = section
+        ignored += [(stage, k, v) for k, v in values.items() if k in LOCAL_SETTINGS]
+    config = resolve(profile, sections, runtime)
+    differs = [f"{s}.{k} = {shown(v)}" for s, k, v in ignored if getattr(config.stage(s), k) != v]
+    return config, differs
+
 
 class ParamsLoader(yaml.SafeLoader):
     """YAML's safe loader without aliases (`*name`): a few nested aliases make a small file expand to

@@ -116,3 +116,29 @@ def test_a_params_file_with_nested_aliases_is_refused_in_one_short_line_at_once(
     with pytest.raises(ConfigError, match=r"aliases \(\*a0\) are not allowed") as e:
         load_params(path)
     assert time.monotonic() - start < 5 and len(str(e.value)) < 500 and "\n" not in str(e.value)
+
+
+def test_a_saved_configuration_never_supplies_files_to_read_or_code_to_run():
+    from pipeline.engine.config import resolve_saved
+
+    saved = {
+        "profile": "tiny",
+        "stages": {
+            "ground": {"backend": "groundingdino-py", "config_file": "/tmp/evil.py", "text_encoder": "/etc",
+                       "box_threshold": 0.5},
+            "caption": {"model": "/home/someone/blip2", "max_new_tokens": 7},
+        },
+    }
+    config, differs = resolve_saved(saved)
+    ground, caption = config.stage("ground"), config.stage("caption")
+    assert (ground.backend, ground.box_threshold, caption.max_new_tokens) == ("groundingdino-py", 0.5, 7)  # data
+    assert ground.config_file is None and ground.text_encoder is None  # the built-in defaults
+    assert caption.model == "tiny/blip2"  # the tiny profile's own model, not the saved path
+    assert sorted(differs) == ["caption.model = '/home/someone/blip2'", "ground.config_file = '/tmp/evil.py'",
+                               "ground.text_encoder = '/etc'"]
+    mine, differs = resolve_saved(saved, {"ground": {"config_file": "/tmp/evil.py"}})  # the user's own choice
+    assert mine.stage("ground").config_file == "/tmp/evil.py" and "ground.config_file = '/tmp/evil.py'" not in differs
+    with pytest.raises(ConfigError, match=r"^ground\.box_threshold must be a finite number"):
+        resolve_saved({"profile": "tiny", "stages": {"ground": {"box_threshold": float("nan")}}})
+    with pytest.raises(ConfigError, match="profile"):
+        resolve_saved({"profile": ["tiny"], "stages": {}})
