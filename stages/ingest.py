@@ -25,6 +25,7 @@ from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
 from pipeline.engine.sources import LAYOUTS, Source, derived_split, discover
 from pipeline.engine.stage import MANIFEST as MANIFEST_TABLE
 from pipeline.engine.stage import STAGES, RunStats, part_summary
+from pipeline.engine.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -287,13 +288,18 @@ class IngestStage(Job):
         found: set[str] = set()
         for stage in STAGES.feature_stages():
             for fingerprint in self.store.fingerprints(stage):
-                folder = self.store.features(stage, fingerprint, STAGES.get(stage).schema)
-                index = folder.index()
-                if index.ok.all():
-                    continue  # no error rows: nothing read
-                current = index.current()
-                failed = index.ids(current[~index.ok[current]]).to_pylist()
-                rows = folder.read(["image_id", "error_kind"], ids=failed)
+                schema = getattr(STAGES.get(stage), "schema", None)  # a class attribute, or per config (None)
+                folder = self.store.features(stage, fingerprint, schema if isinstance(schema, pa.Schema) else None)
+                try:
+                    index = folder.index()
+                    if index.ok.all():
+                        continue  # no error rows: nothing read
+                    current = index.current()
+                    failed = index.ids(current[~index.ok[current]]).to_pylist()
+                    rows = folder.read(["image_id", "error_kind"], ids=failed)
+                except (StoreError, KeyError, pa.ArrowInvalid) as e:  # that stage's own run will say what is wrong
+                    log.debug("ingest: %s [%s] not checked for changed files: %s", stage, fingerprint, e)
+                    continue
                 found |= {i for i, k in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
                           if k == "file_changed"}
         return found

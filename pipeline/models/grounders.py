@@ -32,7 +32,7 @@ class Prepared:
     pixel_mask: Any  # (H, W)
     width: int  # the image's own size: boxes are clipped to it
     height: int
-    padded: tuple[int, int]  # (height, width) after pad_to_aspect: the boxes' coordinate frame
+    padded: tuple[int, int]  # (height, width) after pad_to_aspect, in the image's pixels: the boxes' frame
 
 
 def prompt_of(caption: str) -> str:
@@ -74,22 +74,37 @@ def clean_phrase(phrase: str) -> str:
 MAX_ASPECT = 8.0
 
 
-def pad_to_aspect(image, max_aspect: float = MAX_ASPECT):
+def pad_to_aspect(image, max_aspect: float = MAX_ASPECT, longest_edge: int | None = None):
     """Pad an extremely long image on its right or bottom (black) so that long/short <= max_aspect.
 
     Detectors resize the short side up and cap the long side; past a ratio of a few hundred the
     short side rounds to zero pixels. Padding right/bottom leaves box coordinates unchanged; boxes
-    are clipped back to the real image afterwards.
+    are clipped back to the real image afterwards. Such an image whose long side is past
+    `longest_edge` is first shrunk to it (the model's resize would shrink it anyway), so padding never
+    allocates more than longest_edge² / max_aspect pixels (a 1 x 100,000 image would otherwise become
+    a 12,500 x 100,000 canvas).
+
+    Returns (the padded image, its (width, height) in the image's own pixels: the boxes' frame).
     """
     from PIL import Image
 
     w, h = image.size
     if max(w, h) <= max_aspect * min(w, h):
-        return image
+        return image, (w, h)
+    frame = (w, int(np.ceil(w / max_aspect))) if w > h else (int(np.ceil(h / max_aspect)), h)
+    if longest_edge is not None and max(w, h) > longest_edge:
+        w, h = shrunk(w, h, longest_edge)
+        image = image.resize((w, h), Image.BILINEAR)
     size = (w, int(np.ceil(w / max_aspect))) if w > h else (int(np.ceil(h / max_aspect)), h)
     canvas = Image.new("RGB", size)
     canvas.paste(image, (0, 0))
-    return canvas
+    return canvas, frame
+
+
+def shrunk(width: int, height: int, longest_edge: int) -> tuple[int, int]:
+    """(width, height) scaled so that the long side is `longest_edge` (each side at least 1)."""
+    scale = longest_edge / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def finish(objects: list[Obj], width: int, height: int, max_objects: int) -> list[Obj]:
@@ -124,9 +139,11 @@ def model_shape(width: int, height: int, shortest_edge: int, longest_edge: int, 
     together; the stage sorts its rows by it so that batches are full calls."""
     from transformers.image_transforms import get_size_with_aspect_ratio
 
-    if max(width, height) > MAX_ASPECT * min(width, height):
+    if max(width, height) > MAX_ASPECT * min(width, height):  # what pad_to_aspect makes of the image
+        if max(width, height) > longest_edge:
+            width, height = shrunk(width, height, longest_edge)
         long_side = max(width, height)
-        short_side = int(np.ceil(long_side / MAX_ASPECT))  # what pad_to_aspect makes of the short side
+        short_side = int(np.ceil(long_side / MAX_ASPECT))
         width, height = (long_side, short_side) if width > height else (short_side, long_side)
     h, w = get_size_with_aspect_ratio((height, width), shortest_edge, longest_edge)
     edges = (shortest_edge, longest_edge)
@@ -147,18 +164,18 @@ class GroundingPixels:
         self.pad_multiple = pad_multiple
 
     def __call__(self, image) -> Prepared:
-        padded = pad_to_aspect(image)
-        encoded = self.image_processor(images=[padded], return_tensors="pt")
-        pixels, mask = encoded["pixel_values"][0], encoded["pixel_mask"][0]
         size = self.image_processor.size
         edges = (size["shortest_edge"], size["longest_edge"])
+        padded, (frame_w, frame_h) = pad_to_aspect(image, longest_edge=edges[1])
+        encoded = self.image_processor(images=[padded], return_tensors="pt")
+        pixels, mask = encoded["pixel_values"][0], encoded["pixel_mask"][0]
         h, w = (padded_side(side, self.pad_multiple, edges) for side in pixels.shape[1:])
         if (h, w) != tuple(pixels.shape[1:]):
             canvas, canvas_mask = pixels.new_zeros((3, h, w)), mask.new_zeros((h, w))
             canvas[:, : pixels.shape[1], : pixels.shape[2]] = pixels
             canvas_mask[: mask.shape[0], : mask.shape[1]] = mask
             pixels, mask = canvas, canvas_mask
-        return Prepared(pixels, mask, image.width, image.height, (padded.height, padded.width))
+        return Prepared(pixels, mask, image.width, image.height, (frame_h, frame_w))
 
 
 @GROUNDERS.register("transformers")

@@ -148,7 +148,7 @@ class GroundingDinoPy:
         warn_truncated(sum(cut for _, cut in fitted), len(fitted), limit)
         out = []
         for original, (prompt, _) in zip(images, fitted, strict=True):
-            image = pad_to_aspect(original)
+            image, (w, h) = pad_to_aspect(original, longest_edge=self.cfg.longest_edge)  # (w, h): the boxes' frame
             tensor, _ = transform(image, None)
             with inference(self.cfg):
                 boxes, scores, phrases = predict(
@@ -159,7 +159,6 @@ class GroundingDinoPy:
                     self.cfg.text_threshold,
                     device=self.device,
                 )
-            w, h = image.size
             objects = []
             for (cx, cy, bw, bh), score, phrase in zip(boxes.tolist(), scores.tolist(), phrases, strict=True):
                 box = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]

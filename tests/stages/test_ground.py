@@ -209,3 +209,23 @@ def test_a_caption_longer_than_the_grounder_s_text_limit_is_grounded_and_counted
     tokenizer = grounder._loaded[1].tokenizer
     kept = len(tokenizer(long_caption.split(" and")[0])["input_ids"])
     assert kept < 256 < len(tokenizer(long_caption)["input_ids"])
+
+
+def test_an_extremely_long_image_is_shrunk_before_padding_and_its_boxes_stay_in_its_own_pixels():
+    """A 3 x 30,000 image: padded to 8:1 first it would be a 3,750 x 30,000 canvas (112 M pixels); shrunk
+    to the 1,333 px the resize caps it at, the canvas is 167 x 1,333 (by hand: ceil(1333 / 8) = 167)."""
+    from transformers import GroundingDinoImageProcessor
+
+    from pipeline.models.grounders import GroundingPixels, TransformersGroundingDino, pad_to_aspect
+
+    image = Image.new("RGB", (3, 30_000), (90, 120, 200))
+    canvas, frame = pad_to_aspect(image, longest_edge=1333)
+    assert canvas.size == (167, 1333) and frame == (3750, 30_000)
+    processor = GroundingDinoImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333})
+    prepared = GroundingPixels(processor, 128)(image)
+    assert prepared.padded == (30_000, 3750) and prepared.pixel_values.numel() <= 3 * 1333 * 256
+    cfg = tiny().stage("ground")
+    [objects] = TransformersGroundingDino(cfg, "cpu").ground([Image.new("RGB", (2, 2000), (200, 30, 30))], ["a red bar"])
+    for o in objects:
+        x0, y0, x1, y1 = o["box"]
+        assert 0 <= x0 < x1 <= 2 and 0 <= y0 < y1 <= 2000  # clipped to the image, in its own pixels
