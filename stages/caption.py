@@ -52,6 +52,7 @@ class CaptionStage(FeatureStage):
     list with caption.backend=column."""
 
     name = "caption"
+    version = 2  # 2: in float16, BLIP-2's Q-Former and query tokens stay float32 (from_pretrained's rule)
     inputs = ("manifest",)
     driver_columns = ("path", "caption")
     config_class = CaptionConfig

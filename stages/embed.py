@@ -148,14 +148,14 @@ class EmbedStage(FeatureStage):
     def _count_truncated(self, texts: list[str], owners: list[tuple[int, int]], out: list[dict[str, Any]]) -> None:
         """Count, per row, the texts the text encoder will read cut to its context, and say so: never a
         silent truncation (the stage's summary and `item status` add the rows' counts up)."""
-        truncated = getattr(self.encoder, "truncated", lambda t: [False] * len(t))(texts)
+        truncated = self.encoder.truncated(texts)
         for (k, _), cut in zip(owners, truncated, strict=True):
             out[k]["truncated_texts"] += int(cut)
         if any(truncated):
             log.warning(
                 "embed: %d caption(s) or phrase(s) longer than the text encoder's %d tokens, embedded cut to it",
                 sum(truncated),
-                getattr(self.encoder, "context_length", 77),
+                self.encoder.context_length,
             )
 
     def summary(self) -> dict[str, Any]:

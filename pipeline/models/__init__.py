@@ -58,6 +58,11 @@ class Encoder(Backend, Protocol):
 
     def encode_texts(self, texts: list[str]) -> Any: ...
 
+    @property
+    def context_length(self) -> int: ...  # text tokens the text tower takes (CLIP: 77)
+
+    def truncated(self, texts: list[str]) -> list[bool]: ...  # which texts are past context_length
+
 
 CAPTIONERS: Registry[type[Captioner]] = Registry("captioner")
 GROUNDERS: Registry[type[Grounder]] = Registry("grounder")

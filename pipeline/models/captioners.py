@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.models import CAPTIONERS, inference
+from pipeline.models import CAPTIONERS, inference, to_device
 from pipeline.models.base import TransformersBackend
 from pipeline.models.settings import CaptionSettings
 
@@ -65,7 +65,8 @@ class TransformersCaptioner(TransformersBackend):
         else:  # the same pixels the processor gives a batch: its image processor works image by image
             pixels = [im if isinstance(im, torch.Tensor) else self.preprocessor()(im) for im in images]
             inputs = BatchFeature({"pixel_values": torch.stack(pixels)})
-        inputs = inputs.to(self.device)
+        for key in list(inputs.keys()):
+            inputs[key] = to_device(inputs[key], self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with inference(self.cfg):
             out = model.generate(

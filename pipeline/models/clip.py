@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.engine.config import TINY_PREFIX
 from pipeline.engine.errors import UsageError
-from pipeline.models import ENCODERS, LOAD_COUNTS, inference, loading, resolve_device
+from pipeline.models import ENCODERS, LOAD_COUNTS, inference, loading, resolve_device, to_device
 from pipeline.models.settings import EmbedSettings
 from pipeline.models.tiny import CLIP_CONFIG, build_tiny
 
@@ -160,7 +160,7 @@ class ClipEncoder:
 
         model = self._loaded[0]
         with inference(self.cfg):
-            out = model.encode_image(batch.to(self.device, dtype=self._input_dtype))
+            out = model.encode_image(to_device(batch, self.device).to(dtype=self._input_dtype))
         return out.float().cpu()
 
     @cached_property
@@ -192,5 +192,5 @@ class ClipEncoder:
 
         model, _, tokenizer = self._loaded
         with inference(self.cfg):
-            out = model.encode_text(tokenizer(texts).to(self.device))
+            out = model.encode_text(to_device(tokenizer(texts), self.device))
         return out.float().cpu()

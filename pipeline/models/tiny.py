@@ -5,6 +5,9 @@ outputs are deterministic functions of the input image; their captions and boxes
 meaningful, but they are varied: a tiny caption is words of WORDS, and the tiny Grounding DINO finds
 objects with distinct phrases (words of the caption), scores and boxes, a few per image or none
 (`vary_grounding`), so that the tests can see each rule of grounding and embedding at work.
+
+A change to any build here changes rows: bump `pipeline.engine.config.TINY_BUILD` with it (it is in
+the fingerprint of every stage that runs a tiny model, so older rows are never reused).
 """
 
 from __future__ import annotations

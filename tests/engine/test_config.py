@@ -142,3 +142,15 @@ def test_a_saved_configuration_never_supplies_files_to_read_or_code_to_run():
         resolve_saved({"profile": "tiny", "stages": {"ground": {"box_threshold": float("nan")}}})
     with pytest.raises(ConfigError, match="profile"):
         resolve_saved({"profile": ["tiny"], "stages": {}})
+
+
+def test_the_tiny_builds_version_is_in_tiny_fingerprints_only(tmp_path, monkeypatch):
+    from pipeline.engine import config as config_module
+
+    store = Store(tmp_path)
+    before = {s: make_stage(s, resolve("tiny"), store).fingerprint for s in ("caption", "ground", "embed")}
+    paper = {s: make_stage(s, resolve("paper"), store).fingerprint for s in ("caption", "ground", "embed")}
+    monkeypatch.setattr(config_module, "TINY_BUILD", config_module.TINY_BUILD + 1)
+    after = {s: make_stage(s, resolve("tiny"), store).fingerprint for s in ("caption", "ground", "embed")}
+    assert all(before[s] != after[s] for s in before)  # a new tiny build: no stale tiny rows reused
+    assert paper == {s: make_stage(s, resolve("paper"), store).fingerprint for s in ("caption", "ground", "embed")}
