@@ -99,7 +99,8 @@ def shown(f: dict[str, Any]) -> str:
 def write_rows(store: Store, config: PipelineConfig, name: str, n: int, **columns: Any) -> None:
     """`n` ok rows of stage `name` (the `columns` given, the rest null) written as one part of its output."""
     stage = make_stage(name, config, store)
-    store.features(name, stage.fingerprint, stage.schema).write(ok_table(stage.schema, n, **columns))
+    rows = ok_table(stage.schema, n, **columns)
+    store.features(name, stage.fingerprint, stage.schema).write(rows, metadata=stage.identity())
 
 
 def write_cached_store(store: Store, config: PipelineConfig, n: int, n_objects: int = 1, chunk: int = 5000) -> None:
@@ -464,7 +465,7 @@ def bench_fit(
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp))
         base = resolve("paper")
-        write_synthetic(store, make_stage("distance", base, store).fingerprint, n, dim=768, signal=2.0)
+        write_synthetic(store, make_stage("distance", base, store), n, dim=768, signal=2.0)
         for head in heads:
             config = resolve("paper", {"fit": {"head": head}})
             start = time.perf_counter()

@@ -89,10 +89,11 @@ def synthetic_rows(
     return manifest, distance
 
 
-def write_synthetic(store: Store, distance_fp: str, n: int, dim: int = 768, chunk: int = 10_000, **kwargs) -> None:
-    """Write synthetic manifest and distance rows into `store` in parts of `chunk` rows."""
-    manifest, distance = synthetic_rows(n, dim, **kwargs)
-    target = store.features("distance", distance_fp, distance.schema)
+def write_synthetic(store: Store, distance: Any, n: int, dim: int = 768, chunk: int = 10_000, **kwargs) -> None:
+    """Write synthetic manifest and distance rows into `store` in parts of `chunk` rows, as the
+    `distance` stage (its fingerprint folder, its identity in each part: what readers check)."""
+    manifest, rows = synthetic_rows(n, dim, **kwargs)
+    target = store.features("distance", distance.fingerprint, rows.schema)
     for start in range(0, n, chunk):
-        store.manifest.write(manifest.slice(start, chunk))
-        target.write(distance.slice(start, chunk))
+        store.manifest.write(manifest.slice(start, chunk), metadata={"stage": "ingest"})
+        target.write(rows.slice(start, chunk), metadata=distance.identity())

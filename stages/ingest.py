@@ -98,7 +98,8 @@ class IngestStage(Job):
 
     def sources(self) -> list[Source]:
         """The files the inputs name (or the sources given), in order (a path listed twice is one file),
-        never the store's own files (an input folder that holds the data dir)."""
+        never the store's own files (an input folder that holds the data dir: its manifest, features,
+        models, reports; images kept under the data dir, like the demo's raw/, are inputs)."""
         found = self.given if self.given is not None else discover(self.paths, **self.options)
         if self.unassigned:
             found = (dataclasses.replace(s, label=None, generator=None, split=None) for s in found)
@@ -106,17 +107,19 @@ class IngestStage(Job):
         kept = [s for s in unique if not self._in_store(s.path)]
         if len(kept) < len(unique):
             log.warning(
-                "ingest: %d file(s) under the data dir %s left out: the store's own files are never inputs",
+                "ingest: %d of the store's own file(s) under %s left out: they are never inputs",
                 len(unique) - len(kept), self.store.root,
             )
         return kept
 
     def _in_store(self, location: str) -> bool:
+        """Whether a location is one of the store's own files (its tables, heads, reports, quarantine)."""
         outer = locations.split(location)[0]
         if locations.is_url(outer):
             return False
         try:
-            return Path(outer).resolve().is_relative_to(self.store.root.resolve())
+            path = Path(locations.os_path(outer)).resolve()
+            return any(path.is_relative_to(folder.resolve()) for folder in self.store.own_folders())
         except (OSError, ValueError):
             return False
 

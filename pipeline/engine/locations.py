@@ -6,6 +6,14 @@
     /data/genimage.zip::sd/val/ai/1.png   a member of a zip archive
     /data/train-00000.parquet::17         row 17 of a Parquet file with an image column
     s3://bucket/shard.tar::key.jpg        the container itself may be a URL
+    file:///data/a.jpg%3A%3Ab.jpg         a local path that holds "::" itself, percent-encoded
+    /data/shard.tar::%caf%FF.jpg          a member whose name is not UTF-8 (or starts with %), encoded
+
+Local paths are absolute from ingest on. The separator is unambiguous: a local path that contains it
+is written as a file:// URL with the path percent-encoded (`of_file`), so a file named `a.jpg::b.jpg`
+is that file, never `b.jpg` inside `a.jpg`; a member name that is not UTF-8 (or starts with `%`) is
+written percent-encoded after a `%` (`member`), so it can be stored and never collides with a real
+name.
 
 Containers are read in batches with one open per container: a tar's member offsets are indexed once
 per process, a Parquet file is read one row group at a time. Credentials for object storage come from
@@ -24,6 +32,7 @@ import logging
 import os
 import stat as stat_mode
 import tarfile
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +89,7 @@ def read_bounded(f: Any, where: str, limits: ReadLimits, size: int | None = None
 def read_file(path: str, limits: ReadLimits = LIMITS) -> tuple[bytes, os.stat_result]:
     """The bytes and stat of a local file: only a regular file (a device such as /dev/zero, a pipe or
     a socket would never end or never answer), at most `max_bytes`."""
-    with open(path, "rb") as f:
+    with open(os_path(path), "rb") as f:
         st = os.fstat(f.fileno())
         if not stat_mode.S_ISREG(st.st_mode):
             raise NotRegularError(f"{path}: not a regular file (a device, pipe or socket)")
@@ -105,6 +114,43 @@ def url_to_fs(url: str, limits: ReadLimits = LIMITS) -> tuple[Any, str]:
     import fsspec
 
     return fsspec.core.url_to_fs(url, **storage_options(url, limits))
+
+
+FILE_URL = "file://"
+
+
+def of_file(path: str) -> str:
+    """The location of a local file or container: its path, unless the path itself holds the
+    separator (or looks like a file URL): then a file:// URL with the path percent-encoded."""
+    if SEP in path or path.startswith(FILE_URL):
+        return FILE_URL + urllib.parse.quote(os.fsencode(path))
+    return path
+
+
+def os_path(outer: str) -> str:
+    """The file system path of a local location's file or container (see `of_file`)."""
+    if outer.startswith(FILE_URL):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(outer[len(FILE_URL) :]))
+    return outer
+
+
+def member(container: str, name: str) -> str:
+    """The location of member `name` (a str; not UTF-8 as surrogates) of a container location."""
+    try:
+        name.encode("utf-8")
+        plain = not name.startswith("%")
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        return f"{container}{SEP}{name}"
+    return f"{container}{SEP}%{urllib.parse.quote(name.encode('utf-8', 'surrogateescape'), safe='/')}"
+
+
+def member_name(inner: str) -> str:
+    """The member name a location's inner part stands for (see `member`)."""
+    if inner.startswith("%"):
+        return urllib.parse.unquote_to_bytes(inner[1:]).decode("utf-8", "surrogateescape")
+    return inner
 
 
 def split(location: str) -> tuple[str, str | None]:
@@ -134,7 +180,7 @@ def open_binary(path: str, limits: ReadLimits = LIMITS):
     if is_url(path):
         fs, inner = url_to_fs(path, limits)
         return fs.open(inner, "rb")
-    return open(path, "rb")
+    return open(os_path(path), "rb")
 
 
 def stat(location: str) -> tuple[int, int] | None:
@@ -148,7 +194,7 @@ def stat(location: str) -> tuple[int, int] | None:
             stamp = info.get("LastModified") or info.get("mtime") or info.get("ETag") or 0
             # a stable number for the object's version (Python's hash() differs between processes)
             return int(info.get("size") or 0), int(hashlib.sha256(str(stamp).encode()).hexdigest()[:15], 16)
-        st = os.stat(outer)
+        st = os.stat(os_path(outer))
         return st.st_size, st.st_mtime_ns
     except (OSError, ValueError):
         return None
@@ -235,9 +281,10 @@ def _files(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator
 def _tar(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[bytes | LocationError]:
     index = tar_index(outer, *_stamp(outer))
     with open_binary(outer, limits) as f:
-        for name in inners:
+        for inner in inners:
+            name = member_name(inner or "")
             if name not in index:
-                yield LocationError(f"no member {name!r} in {outer}")
+                yield LocationError(f"no member {inner!r} in {outer}")
                 continue
             offset, size = index[name]
             if size > limits.max_bytes:
@@ -249,12 +296,12 @@ def _tar(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[b
 
 def _zip(outer: str, inners: list[str | None], limits: ReadLimits) -> Iterator[bytes | LocationError]:
     with open_binary(outer, limits) as f, zipfile.ZipFile(f) as z:
-        for name in inners:
-            where = f"{outer}{SEP}{name}"
+        for inner in inners:
+            where = f"{outer}{SEP}{inner}"
             try:
-                info = z.getinfo(name or "")
+                info = z.getinfo(member_name(inner or ""))
             except KeyError:
-                yield LocationError(f"no member {name!r} in {outer}")
+                yield LocationError(f"no member {inner!r} in {outer}")
                 continue
             try:  # the size the directory claims, before decompressing; then never more than the limit
                 with z.open(info) as member:
@@ -302,23 +349,34 @@ def _stamp(path: str) -> tuple[int, int]:
     return stat(path) or (0, 0)
 
 
-@lru_cache(maxsize=64)
 def tar_index(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    """Member name -> (data offset, size) of a tar, read from its headers once per process and
-    version of the file (size and mtime are part of the cache key)."""
+    """Member name -> (data offset, size) of a tar (the last of a repeated name), read from its headers
+    once per process and version of the file (size and mtime are part of the cache key)."""
+    return _tar_scan(path, size, mtime_ns)[0]
+
+
+@lru_cache(maxsize=64)
+def _tar_scan(path: str, size: int, mtime_ns: int) -> tuple[dict[str, tuple[int, int]], tuple[str, ...]]:
     index: dict[str, tuple[int, int]] = {}
+    names: list[str] = []
     with open_binary(path) as f, tarfile.open(fileobj=f, mode="r:") as t:
         try:
             for m in t:
                 if m.isfile():
                     index[m.name] = (m.offset_data, m.size)
+                    names.append(m.name)
         except tarfile.TarError as e:  # a truncated shard: the members before the damage are still there
             log.warning("%s: unreadable after %d member(s) (%s): the rest of the shard is skipped", path, len(index), e)
-    return index
+    return index, tuple(names)
 
 
 def tar_members(path: str) -> list[str]:
     return sorted(tar_index(path, *_stamp(path)))
+
+
+def tar_member_names(path: str) -> list[str]:
+    """Every file member's name in the order of the tar, repeats included."""
+    return list(_tar_scan(path, *_stamp(path))[1])
 
 
 _READERS = {"file": _files, "url": _files, "tar": _tar, "zip": _zip, "parquet": _parquet}

@@ -22,6 +22,7 @@ import re
 import stat
 import tarfile
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -115,10 +116,22 @@ def auto(parts: tuple[str, ...], root: str) -> FolderInfo:
 
 
 def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
-    """Every file under `root` (sorted, hidden files skipped) with label/generator/split from its folders."""
+    """Every file under `root` (sorted, hidden files skipped) with label/generator/split from its folders.
+    Symlinked folders are followed (a class folder linked from elsewhere is that class), each real
+    folder once (a link back up the tree is not a loop)."""
     root = root.resolve()
     rule = LAYOUTS.get(layout)
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            log.warning("%s: a folder already walked (a symlink loop or a second link): skipped", _printable(dirpath))
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -128,12 +141,33 @@ def sources_from_folder(root: Path, dataset: str | None = None, layout: str = "a
                 continue
             if SHARD_NAME.fullmatch(name):  # webdataset / img2dataset shards (00000.tar): their members
                 try:
-                    yield from _archive(str(path), ".tar", dataset, layout)
+                    yield from _archive(locations.of_file(str(path)), ".tar", dataset, layout)
                 except UsageError as e:  # one broken shard among many: one line, and the rest goes on
                     log.warning("%s", e)
                 continue
             label, generator, split = rule(path.relative_to(root).parts[:-1], root.name)
-            yield _named(Source(str(path), label, generator, dataset or root.name, split))
+            yield _named(Source(locations.of_file(str(path)), label, generator, dataset or root.name, split))
+
+
+def inside_parts(name: str) -> tuple[str, ...]:
+    """A member name's folders and file name as the layout rules read them: `..`, `.` and a leading
+    `/` are not folders (a member `../up.jpg` or `/abs.jpg` is a member, never extracted anywhere)."""
+    return tuple(p for p in PurePosixPath(name).parts if p not in ("/", "..", "."))
+
+
+def _warn_odd_members(container: str, names: list[str]) -> None:
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if repeated:
+        log.warning(
+            "%s: %d member name(s) appear more than once (e.g. %s): the last copy of each is read",
+            _printable(container), len(repeated), _printable(repeated[0]),
+        )
+    outside = [n for n in names if PurePosixPath(n).is_absolute() or ".." in PurePosixPath(n).parts]
+    if outside:
+        log.warning(
+            "%s: %d member(s) named outside the archive (e.g. %s): read as members, never extracted",
+            _printable(container), len(outside), _printable(outside[0]),
+        )
 
 
 # A tar named like a shard (00000.tar, train-000123.tar) inside a folder is read as the images it
@@ -148,12 +182,13 @@ def sources_from_member_names(
 ) -> Iterator[Source]:
     """Members of a zip or a folder listing (sorted): the folder layout rules apply to their paths."""
     rule = LAYOUTS.get(layout)
-    for name in sorted(names):
-        parts = PurePosixPath(name).parts
+    _warn_odd_members(container, names)
+    for name in sorted(set(names)):
+        parts = inside_parts(name)
         if not parts or any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX":
             continue
         label, generator, split = rule(parts[:-1], root_name)
-        yield Source(f"{container}{locations.SEP}{name}", label, generator, dataset or root_name, split)
+        yield Source(locations.member(container, name), label, generator, dataset or root_name, split)
 
 
 def sources_from_zip(path: str, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
@@ -164,42 +199,59 @@ def sources_from_zip(path: str, dataset: str | None = None, layout: str = "auto"
     yield from sources_from_member_names(path, names, stem, dataset, layout)
 
 
+def wds_key(name: str) -> str:
+    """A member's webdataset key: its folder and its file name up to the first dot."""
+    directory, _, base = name.rpartition("/")
+    key = base.partition(".")[0]
+    return f"{directory}/{key}" if directory else key
+
+
 def sources_from_tar(path: str, dataset: str | None = None, layout: str = "auto") -> Iterator[Source]:
-    """A webdataset / img2dataset shard: members grouped by key (the name up to its first dot); the
-    image member of each key is one image, labelled by its `.json` sidecar (label, generator, split,
-    caption) or `.cls`/`.txt` class, else by the folder layout of the member's path."""
+    """A webdataset / img2dataset shard: every image member is one image (by its last suffix), labelled
+    by the `.json` sidecar (label, generator, split, caption) or `.cls`/`.txt` class of its key (the
+    name up to its first dot), else by the folder layout of the member's path. Images that share a
+    key (`photo.2023.000.jpg`, `photo.2023.001.jpg`; `same.jpg`, `same.png`) are each their own
+    image, with one warning; a sidecar that cannot be read affects its key only."""
     names = locations.tar_members(path)
-    by_key: dict[str, dict[str, str]] = {}
+    _warn_odd_members(path, locations.tar_member_names(path))
+    sidecars: dict[str, dict[str, str]] = {}
+    images: dict[str, list[str]] = {}
     for name in names:
-        directory, _, base = name.rpartition("/")
-        key, dot, ext = base.partition(".")
-        by_key.setdefault(f"{directory}/{key}" if directory else key, {})[f"{dot}{ext}".lower()] = name
+        suffix = PurePosixPath(name).suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            images.setdefault(wds_key(name), []).append(name)
+        elif suffix in SIDECAR_SUFFIXES:
+            sidecars.setdefault(wds_key(name), {})[suffix] = name
+    shared = sorted(k for k, v in images.items() if len(v) > 1)
+    if shared:
+        log.warning(
+            "%s: %d key(s) hold more than one image (e.g. %s: %s): each image is its own row, labelled by "
+            "the key's sidecar", _printable(path), len(shared), _printable(shared[0]),
+            ", ".join(_printable(n) for n in sorted(images[shared[0]])[:3]),
+        )
     rule = LAYOUTS.get(layout)
     stem = _stem(path)
-    sidecars = {k: m for k, m in by_key.items() if any(e in m for e in SIDECAR_SUFFIXES)}
-    texts = dict(zip(sidecars, _sidecar_bytes(path, sidecars), strict=True))
-    for key in sorted(by_key):
-        members = by_key[key]
-        image = next((m for e, m in sorted(members.items()) if "." + e.rsplit(".", 1)[-1] in IMAGE_SUFFIXES), None)
-        if image is None:
-            continue
-        label, generator, split = rule(PurePosixPath(image).parts[:-1], stem)
+    wanted = {k: m for k, m in sidecars.items() if k in images}
+    texts = dict(zip(wanted, _sidecar_bytes(path, wanted), strict=True))
+    for key in sorted(images):
         meta = texts.get(key, {})
-        yield Source(
-            f"{path}{locations.SEP}{image}",
-            _parse_label(meta.get("label"), Path(path)) if meta.get("label") is not None else label,
-            _str_or_none(meta.get("generator")) or generator,
-            _str_or_none(meta.get("dataset")) or dataset or stem,
-            _split_value(meta.get("split"), path) or split,
-            _str_or_none(meta.get("caption")),
-        )
+        for image in sorted(images[key]):
+            label, generator, split = rule(inside_parts(image)[:-1], stem)
+            yield Source(
+                locations.member(path, image),
+                _parse_label(meta.get("label"), Path(path)) if meta.get("label") is not None else label,
+                _str_or_none(meta.get("generator")) or generator,
+                _str_or_none(meta.get("dataset")) or dataset or stem,
+                _split_value(meta.get("split"), path) or split,
+                _str_or_none(meta.get("caption")),
+            )
 
 
 def _sidecar_bytes(path: str, sidecars: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """Per key, its sidecar's fields: the JSON object, or {"label": text} from .cls / .txt."""
     chosen = [next(m[e] for e in SIDECAR_SUFFIXES if e in m) for m in sidecars.values()]
     out = []
-    for name, data in zip(chosen, locations.read_many([f"{path}{locations.SEP}{n}" for n in chosen]), strict=True):
+    for name, data in zip(chosen, locations.read_many([locations.member(path, n) for n in chosen]), strict=True):
         if isinstance(data, Exception):
             out.append({})
         elif name.endswith(".json"):
@@ -314,13 +366,9 @@ def sources_from_list(path: Path | str, dataset: str | None = None) -> Iterator[
             log.warning("%s: row %d has no path: skipped", path, number)
             continue
         text = str(row["path"])
-        p = Path(text)
         label = _parse_label(row.get("label"), path)
         split = checked_split(_str_or_none(row.get("split")), f"{path}: row {number}: split")
-        if locations.is_url(text) or locations.SEP in text or p.is_absolute():
-            where = text  # a URL, an archive member or an absolute path: as given
-        else:
-            where = str((base / p).resolve())
+        where = _listed(text, base)
         yield _named(
             Source(
                 where,
@@ -331,6 +379,19 @@ def sources_from_list(path: Path | str, dataset: str | None = None) -> Iterator[
                 _str_or_none(row.get("caption")),
             )
         )
+
+
+def _listed(text: str, base: Any) -> str:
+    """A list row's location: a URL as given; a path, or the container of a member (`x.tar::k.jpg`),
+    resolved against the list's folder when relative (a file whose own name holds `::` is named by
+    its file:// URL, see locations.of_file)."""
+    if locations.is_url(text):
+        return text
+    outer, inner = locations.split(text)
+    if locations.is_url(outer) or outer.startswith(locations.FILE_URL) or Path(outer).is_absolute():
+        return text
+    resolved = str((base / outer).resolve())
+    return resolved if inner is None else f"{resolved}{locations.SEP}{inner}"
 
 
 IMAGE_COLUMNS_TO_DROP = ["image"]  # the bytes stay in the file: a location is read when needed
@@ -439,22 +500,23 @@ def _discover(inputs: list[str], dataset: str | None, layout: str) -> Iterator[S
     for text in inputs:
         url = locations.is_url(text)
         suffix = PurePosixPath(text).suffix.lower()
+        local = None if url else Path(text)
         if url and (text.endswith("/") or not suffix):
             yield from _url_folder(text, dataset, layout)
+        elif local is not None and local.is_dir():  # a folder named like an archive is a folder
+            yield from sources_from_folder(local, dataset, layout)
         elif suffix == ".tar" or suffix == ".zip":
-            where = text if url else str(Path(text).resolve())
-            if not url and not Path(text).is_file():
+            if local is not None and not local.is_file():
                 raise FileNotFoundError(f"no such file or folder: {text}")
+            where = text if url else locations.of_file(str(local.resolve()))
             yield from _archive(where, suffix, dataset, layout)
-        elif suffix in LIST_SUFFIXES and (url or Path(text).is_file()):
-            yield from sources_from_list(text if url else Path(text), dataset)
+        elif suffix in LIST_SUFFIXES and (url or local.is_file()):
+            yield from sources_from_list(text if url else local.resolve(), dataset)  # absolute from here on
         elif url:
             yield Source(text, dataset=dataset or PurePosixPath(text).parent.name)
-        elif Path(text).is_dir():
-            yield from sources_from_folder(Path(text), dataset, layout)
-        elif Path(text).exists():
-            if _regular(Path(text)):
-                yield _named(Source(str(Path(text).resolve()), dataset=dataset or Path(text).parent.name))
+        elif local.exists():
+            if _regular(local):
+                yield _named(Source(locations.of_file(str(local.resolve())), dataset=dataset or local.parent.name))
         else:
             raise FileNotFoundError(f"no such file or folder: {text}")
 

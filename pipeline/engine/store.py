@@ -632,6 +632,11 @@ class Store:
     def models(self) -> Path:
         return self.root / "models"
 
+    def own_folders(self) -> list[Path]:
+        """The folders the store writes its tables, heads, reports and quarantine into: never inputs
+        (images kept elsewhere under the root, like the demo's raw/, are inputs like any)."""
+        return [self.root / name for name in ("manifest", "sources", "features", "models", "reports", "quarantine")]
+
     @property
     def reports(self) -> Path:
         return self.root / "reports"

@@ -56,7 +56,7 @@ def test_fit_from_cache_saves_without_pickle_and_calibrates_on_val_only(tmp_path
     store = Store(tmp_path)
     config = resolve("tiny", {"fit": {"head": name, **FAST[name]}})
     fp = make_stage("distance", config, store).fingerprint
-    write_synthetic(store, fp, 1500, dim=768, signal=3.0, chunk=500)
+    write_synthetic(store, make_stage("distance", config, store), 1500, dim=768, signal=3.0, chunk=500)
     run_stage("fit", config, store)
     stage = make_stage("fit", config, store)
     files = {p.name for p in stage.model_dir.iterdir()}
@@ -83,7 +83,7 @@ def test_fit_from_cache_saves_without_pickle_and_calibrates_on_val_only(tmp_path
 
 def test_feature_choice_moves_the_fingerprint(tmp_path):
     store = Store(tmp_path)
-    write_synthetic(store, make_stage("distance", resolve("tiny"), store).fingerprint, 50, dim=768)
+    write_synthetic(store, make_stage("distance", resolve("tiny"), store), 50, dim=768)
     fps = {
         f: make_stage("fit", resolve("tiny", {"fit": {"features": f}}), store).fingerprint
         for f in ("both", "global", "local")

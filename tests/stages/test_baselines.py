@@ -14,6 +14,7 @@ import pytest
 from pipeline.app.runner import compare, make_stage, run_stage
 from pipeline.engine import schemas
 from pipeline.engine.config import resolve
+from pipeline.engine.errors import UsageError
 from pipeline.engine.keys import image_id_of_bytes
 from pipeline.engine.store import Store
 from pipeline.models import load_counts
@@ -53,12 +54,14 @@ def write_store(root: Path, image: np.ndarray, text: np.ndarray, labels: np.ndar
             },
         )
     )
-    fp = {s: make_stage(s, config, store).fingerprint for s in ("caption", "ground", "embed")}
+    made = {s: make_stage(s, config, store) for s in ("caption", "ground", "embed")}
+    fp = {s: stage.fingerprint for s, stage in made.items()}
+    stamp = {s: stage.identity() for s, stage in made.items()}  # what readers check a part against
     store.features("caption", fp["caption"], CAPTION).write(
-        pa.table({"image_id": ids, "caption": ["x"] * n, **ok})
+        pa.table({"image_id": ids, "caption": ["x"] * n, **ok}), metadata=stamp["caption"]
     )
     store.features("ground", fp["ground"], GROUND).write(
-        pa.table({"image_id": ids, "objects": [[] for _ in ids], **ok}, schema=GROUND)
+        pa.table({"image_id": ids, "objects": [[] for _ in ids], **ok}, schema=GROUND), metadata=stamp["ground"]
     )
     vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), DIM)  # noqa: E731
     empty = pa.array([[] for _ in ids], pa.list_(schemas.vector(DIM)))
@@ -70,10 +73,12 @@ def write_store(root: Path, image: np.ndarray, text: np.ndarray, labels: np.ndar
                 "text_embed": vec(text),
                 "object_image_embeds": empty,
                 "object_text_embeds": empty,
+                "truncated_texts": pa.array([0] * n, pa.int16()),
                 **ok,
             },
             schema=embed_schema(DIM),
-        )
+        ),
+        metadata=stamp["embed"],
     )
     run_stage("distance", config, store)
     return store
@@ -149,7 +154,7 @@ def test_format_probe_flags_a_dataset_that_leaks_labels_through_compression(tmp_
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):
-    with pytest.raises(KeyError, match="unknown method 'npr'"):
+    with pytest.raises(UsageError, match="unknown method 'npr' for --heads; known: item, "):
         compare(["npr"], resolve("tiny"), Store(tmp_path))
 
 

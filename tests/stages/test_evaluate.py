@@ -16,7 +16,7 @@ from pipeline.method.heads import FittedHead
 def test_acc_is_at_0_5_even_when_calibration_moves_the_threshold(tmp_path):
     store = Store(tmp_path)
     config = resolve("tiny", {"fit": {"head": "logreg"}})
-    write_synthetic(store, make_stage("distance", config, store).fingerprint, 3000, dim=768, signal=0.6, seed=3)
+    write_synthetic(store, make_stage("distance", config, store), 3000, dim=768, signal=0.6, seed=3)
     run_stage("fit", config, store)
     fit = make_stage("fit", config, store)
     head = FittedHead(fit.model_dir)

@@ -225,7 +225,8 @@ def test_an_extremely_long_image_is_shrunk_before_padding_and_its_boxes_stay_in_
     prepared = GroundingPixels(processor, 128)(image)
     assert prepared.padded == (30_000, 3750) and prepared.pixel_values.numel() <= 3 * 1333 * 256
     cfg = tiny().stage("ground")
-    [objects] = TransformersGroundingDino(cfg, "cpu").ground([Image.new("RGB", (2, 2000), (200, 30, 30))], ["a red bar"])
+    bar = Image.new("RGB", (2, 2000), (200, 30, 30))
+    [objects] = TransformersGroundingDino(cfg, "cpu").ground([bar], ["a red bar"])
     for o in objects:
         x0, y0, x1, y1 = o["box"]
         assert 0 <= x0 < x1 <= 2 and 0 <= y0 < y1 <= 2000  # clipped to the image, in its own pixels

@@ -100,7 +100,7 @@ def test_eq_8_weights_are_the_papers_one_and_one_and_weight_each_distance(tmp_pa
     fit = resolve("paper").stage("fit")
     assert (fit.w1, fit.w2, fit.features) == (1.0, 1.0, "both")
     store = Store(tmp_path)
-    write_synthetic(store, make_stage("distance", resolve("tiny"), store).fingerprint, 40, dim=768, seed=1)
+    write_synthetic(store, make_stage("distance", resolve("tiny"), store), 40, dim=768, seed=1)
     weights = (("both", (1.0, 1.0)), ("both", (2.0, 0.5)), ("global", (3.0, 1.0)), ("local", (1.0, 0.25)))
     for features, (w1, w2) in weights:
         config = resolve("tiny", {"fit": {"features": features, "w1": w1, "w2": w2}})
