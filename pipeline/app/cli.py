@@ -236,9 +236,10 @@ def _report(stats) -> None:
     )
 
 
-def _with_executor(opts: Common, body) -> None:
-    """Run `body(executor)` and close the executor (a dask cluster) afterwards."""
-    runner = make_executor(opts.executor, opts.scheduler, opts.workers)
+def _with_executor(opts: Common, config, body) -> None:
+    """Run `body(executor)` and close the executor (a dask cluster) afterwards; a dask task may take
+    runtime.task_timeout seconds (params.yaml)."""
+    runner = make_executor(opts.executor, opts.scheduler, opts.workers, task_timeout=config.runtime.task_timeout)
     try:
         body(runner)
     finally:
@@ -250,7 +251,7 @@ def _stage_command(name: str, doc: str) -> None:
     @common(*RUN)
     def command(opts: Common) -> None:
         config, store = _setup(opts)
-        _with_executor(opts, lambda runner: _run(name, config, store, runner, opts.retry_errors))
+        _with_executor(opts, config, lambda runner: _run(name, config, store, runner, opts.retry_errors))
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -316,7 +317,7 @@ def run_all(
             if stage.name == "evaluate":
                 _print_evaluation(stage, store)
 
-    _with_executor(opts, body)
+    _with_executor(opts, config, body)
 
 
 @app.command()
@@ -426,7 +427,8 @@ def predict(
 @common(*BASIC)
 def status(opts: Common = Common()) -> None:
     """Per stage under the current configuration: rows ok, rows in error (by reason) and manifest images
-    still missing; other fingerprints present on disk are listed."""
+    still missing; under embed, the captions and phrases cut to CLIP's 77 tokens; other fingerprints
+    present on disk are listed."""
     config, store = _setup(opts)
     typer.echo(f"data: {store.root}  profile: {config.profile}")
     typer.echo(f"{'stage':<9} {'fingerprint':<13} {'ok':>8} {'error':>8} {'missing':>8}")
@@ -434,9 +436,17 @@ def status(opts: Common = Common()) -> None:
         typer.echo(f"{s.stage:<9} {s.fingerprint:<13} {s.ok:>8} {s.error:>8} {s.missing:>8}")
         for reason, n in sorted(s.errors.items(), key=lambda kv: -kv[1]):
             typer.echo(f"{'':<23}{n:>8}  {reason}")
+        if s.cut_texts is not None:
+            typer.echo(f"{'':<23}{_cut_line(s.cut_texts, s.cut_unknown)}")
         if s.other_fingerprints:
             typer.echo(f"{'':<23}other configurations on disk: {', '.join(s.other_fingerprints)}")
     _print_heads(store)
+
+
+def _cut_line(cut: int, unknown: int) -> str:
+    """Embed's captions and phrases past CLIP's context; rows written before they were counted say nothing."""
+    line = f"{cut} text(s) cut to 77 tokens"
+    return f"{line} ({unknown} older row(s) not counted: unknown)" if unknown else line
 
 
 def _print_heads(store: Store) -> None:
@@ -526,15 +536,22 @@ def reproduce_tables(
     train_count: Annotated[int, typer.Option(help="ProGAN training images per class (real, fake).")] = 40_000,
     val_count: Annotated[int, typer.Option(help="ProGAN validation images per class (calibration only).")] = 1_000,
     seed: Annotated[int, typer.Option(help="Seed of the training and validation subsets.")] = 0,
+    deepfakes: Annotated[
+        str,
+        typer.Option(
+            help="Table I's Deepfakes column: faceforensics (CNNDetection's test/deepfake, as the rows the "
+            "paper compares with) | whichfaceisreal (test/whichfaceisreal, the paper's footnote)."
+        ),
+    ] = "faceforensics",
     opts: Common = Common(),
 ) -> None:
     """Reproduce the paper's Tables I-III: train ITEM on a seeded ProGAN subset of CNNDetection (40,000 real
     + 40,000 fake by default), test per generator on the datasets given, and print each table with the
     paper's ITEM row and the difference (also reports/reproduce.{md,json}). Every stage is cached: a re-run
     computes nothing. Datasets not given leave their columns "-"."""
+    protocol = Protocol(train_count=train_count, val_count=val_count, seed=seed, deepfakes=deepfakes)
     config, store = _setup(opts)
     roots = {"cnndetection": cnndetection, "ufd": ufd, "diffusionforensics": diffusionforensics, "genimage": genimage}
-    protocol = Protocol(train_count=train_count, val_count=val_count, seed=seed)
 
     def body(runner) -> None:
         with _Bars() as bars:
@@ -542,26 +559,45 @@ def reproduce_tables(
         typer.echo(done.markdown)
         typer.echo(f"{_computed(done.computed)}; tables in {', '.join(str(p) for p in done.paths)}")
 
-    _with_executor(opts, body)
+    _with_executor(opts, config, body)
 
 
 @app.command()
 @common(*BASIC)
 def perturb(
-    kinds: Annotated[str, typer.Option(help="Comma-separated: noise, blur, jpeg.")] = "noise,blur,jpeg",
+    kinds: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: noise, blur, jpeg (the paper's grid), noise_var (the noise levels read as "
+            "variances)."
+        ),
+    ] = "noise,blur,jpeg",
     split: Annotated[str, typer.Option(help="Which split's images to perturb.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of the Gaussian noise.")] = 0,
+    generators: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LIST",
+            help="Comma-separated generators whose images to perturb (the paper: progan); default: every one.",
+        ),
+    ] = None,
     opts: Common = Common(),
 ) -> None:
     """Make the paper's robustness grid (Fig. 4): Gaussian noise sigma 0.001/0.005/0.01, Gaussian blur
-    sigma 1/2/3 and JPEG quality 75/50/25 copies of a split's images (real and fake alike), and ingest
+    sigma 1/2/3 and JPEG quality 75/50/25 copies of a split's images (real and fake alike; of --generators
+    only, when given), and ingest
     them as new images with source_id and perturbation. Run the stages (`item run`) and then `item
     report` (or `item robustness`) to score them."""
     config, store = _setup(opts)
-    options = {"kinds": tuple(k.strip() for k in kinds.split(",") if k.strip()), "split": split, "seed": seed}
+    options = {"kinds": _names(kinds), "split": split, "seed": seed, "generators": _names(generators or "")}
     job = _run_steps(["perturb"], config, store, options={"perturb": options})[0][0]
     typer.echo(f"perturb: {len(job.sources)} derived image(s) under {job.out}")
     _run("ingest", config, store, sources=job.sources)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated option's names, blanks left out."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @app.command()

@@ -168,9 +168,15 @@ class StageStatus:
     missing: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     other_fingerprints: list[str] = field(default_factory=list)
+    # Texts (captions and phrases) past the text encoder's context, embedded cut to it: the sum of the
+    # ok rows' TEXT_CUTS column (None: the stage does not count them), and the ok rows written before
+    # the column was (null there: unknown).
+    cut_texts: int | None = None
+    cut_unknown: int = 0
 
 
 ERROR_KEYS = ["image_id", "status", "error_kind", "error_stage"]
+TEXT_CUTS = "truncated_texts"  # embed's per-row count of texts cut to CLIP's 77 tokens
 
 
 def _counts(table, manifest_ids, own: str) -> tuple[int, int, int, dict[str, int]]:
@@ -194,10 +200,26 @@ def status(config: PipelineConfig, store: Store) -> list[StageStatus]:
     ok, err, _, errors = _counts(manifest, manifest_ids, writer)
     report = [StageStatus(writer, MANIFEST, ok, err, 0, errors)]
     for name in STAGES.feature_stages():
-        fp = make_stage(name, config, store).fingerprint
-        part_dir = store.features(name, fp)
-        table = part_dir.read(ERROR_KEYS) if part_dir.exists() else manifest.schema.empty_table().select(ERROR_KEYS)
+        stage = make_stage(name, config, store)
+        fp = stage.fingerprint
+        cuts = TEXT_CUTS in getattr(getattr(stage, "schema", None), "names", ())
+        part_dir = stage.output if cuts else store.features(name, fp)  # the schema: older parts read null
+        columns = [*ERROR_KEYS, TEXT_CUTS] if cuts else ERROR_KEYS
+        table = part_dir.read(columns) if part_dir.exists() else manifest.schema.empty_table().select(ERROR_KEYS)
         ok, err, missing, errors = _counts(table, manifest_ids, name)
         others = [f for f in store.fingerprints(name) if f != fp]
-        report.append(StageStatus(name, fp, ok, err, missing, errors, others))
+        row = StageStatus(name, fp, ok, err, missing, errors, others)
+        if cuts:
+            row.cut_texts, row.cut_unknown = _cut_texts(table, manifest_ids)
+        report.append(row)
     return report
+
+
+def _cut_texts(table, manifest_ids) -> tuple[int, int]:
+    """The sum of TEXT_CUTS over the ok rows of manifest images, and how many of those rows have it null."""
+    if TEXT_CUTS not in table.column_names:
+        return 0, 0
+    wanted = pc.and_(pc.is_in(table.column("image_id"), value_set=manifest_ids), pc.equal(table["status"], "ok"))
+    ok = table.filter(wanted)
+    column = ok.column(TEXT_CUTS)
+    return int(pc.sum(column).as_py() or 0), column.null_count
