@@ -41,6 +41,11 @@ class CaptionConfig(HubModel):
         check_dtype(self.dtype, "caption")
         if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
             raise ConfigError("caption: need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+        if not 1 <= self.num_beams <= 64 or self.max_new_tokens > 4096:
+            raise ConfigError(
+                f"caption.num_beams must be 1 to 64 and caption.max_new_tokens at most 4096, got "
+                f"{self.num_beams} and {self.max_new_tokens}"
+            )
 
 
 CAPTION = schemas.rows_schema(pa.field("caption", pa.string()))

@@ -79,7 +79,7 @@ class EvaluateStage(Job):
         if keys.is_empty():
             raise UsageError(f"evaluate: no labelled rows in split {self.cfg.split!r} for features {distance_fp}")
         key = evaluation_key(model_dir.name, split, self.cfg.threshold, keys)
-        cached = model_dir / "metrics.json"
+        cached = self._metrics_file(model_dir)
         previous = read_json(cached)
         if previous is not None and previous.get("key") == key:
             log.debug("evaluate: %s on %s is up to date", model_dir.name, split)
@@ -93,6 +93,15 @@ class EvaluateStage(Job):
         }
         write_json(cached, result)
         return result, True
+
+    def _metrics_file(self, model_dir: Path) -> Path:
+        """Where a head's metrics are kept: beside it when it is one of this store's heads; for a head
+        folder from elsewhere (a shared one), under reports/heads/: evaluating it writes nothing into it."""
+        try:
+            inside = model_dir.resolve().is_relative_to(self.store.models.resolve())
+        except OSError:
+            inside = False
+        return model_dir / "metrics.json" if inside else self.store.reports / "heads" / model_dir.name / "metrics.json"
 
     def _write_reports(self) -> None:
         reports = self.store.reports

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.app.runner import make_stage, run_steps
-from pipeline.engine.config import PipelineConfig, resolve
+from pipeline.engine.config import ConfigError, PipelineConfig, load_params, resolve_saved
 from pipeline.engine.errors import UsageError
 from pipeline.engine.progress import Progress
 from pipeline.engine.stage import STAGES
@@ -33,10 +34,19 @@ from pipeline.method.rows import latest_model
 log = logging.getLogger(__name__)
 
 
-def head_pipeline(head: FittedHead, runtime: dict[str, Any] | None = None) -> PipelineConfig:
-    """The pipeline configuration the head's features were made with (so predict computes the same)."""
-    saved = head.config["pipeline"]
-    return resolve(saved["profile"], saved["stages"], runtime)
+def head_pipeline(
+    head: FittedHead, runtime: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """The pipeline configuration the head's features were made with (so predict computes the same),
+    read as data: settings that name files to read or code to run (models, weight files, a text
+    encoder, groundingdino-py's config file) come from this machine's `params` (params.yaml), never
+    from the head folder; its features fingerprint then says whether the result is the same."""
+    try:
+        config, not_taken = resolve_saved(head.config.get("pipeline"), params, runtime)
+    except ConfigError as e:
+        raise UsageError(f"head {head.name}: its saved configuration is not valid: {e}") from e
+    head.not_taken = not_taken
+    return config
 
 
 def predict(
@@ -45,6 +55,7 @@ def predict(
     data_dir: str | Path = "data",
     runtime: dict[str, Any] | None = None,
     progress: Callable[[str], Progress | None] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every file under `paths` (folders, globs, CSV/Parquet lists, image files).
 
@@ -52,13 +63,14 @@ def predict(
     "real" at the calibrated threshold), threshold, head (its folder under models/), caption, objects
     (phrase, box, score, cosine of crop and phrase), status and error. Files that cannot be scored get
     status "error" and the reason. `model`: a head folder or its name under models/ (default: the head
-    the last `item fit` ran, models/LATEST).
+    the last `item fit` ran, models/LATEST). `params` (default: ./params.yaml when present) gives only
+    the settings a head never supplies: where this machine's models are (see `head_pipeline`).
     """
     store = Store(data_dir)
     paths = list(paths)
     try:  # a path or glob that matches nothing, no fitted head: one UsageError line for a script to print
         head = choose_head(store, model)
-        config = head_pipeline(head, runtime)
+        config = head_pipeline(head, runtime, load_params(Path("params.yaml")) if params is None else params)
         options = {"ingest": {"inputs": paths, "dataset": "predict", "unassigned": True}}
         sources = make_stage("ingest", config, store, **options["ingest"]).sources()
     except FileNotFoundError as e:
@@ -70,9 +82,14 @@ def predict(
     wanted = {i for i in ids if i is not None}
     distance_fp = make_stage("distance", config, store).fingerprint
     if distance_fp != head.config["features"]["fingerprint"]:
+        local = getattr(head, "not_taken", [])
+        why = (
+            f"; it names {', '.join(local)}, which a head never supplies (files to read, code to run): set "
+            "them in your params.yaml if you trust them" if local else ""
+        )
         raise UsageError(
             f"head {head.name} was trained on distance features {head.config['features']['fingerprint']} "
-            f"but its saved configuration now gives {distance_fp}"
+            f"but its saved configuration gives {distance_fp} here{why}"
         )
     stages = {stage.name: stage for stage, _ in run_steps(STAGES.feature_stages(), config, store, progress, ids=wanted)}
     table = _collect(store, stages, wanted)
@@ -197,19 +214,34 @@ ROW_SCHEMA = {
 }
 
 
-def check_output(out: str | Path) -> None:
+def check_output(out: str | Path, data_dir: str | Path | None = None) -> None:
     """Refuse an output path predict cannot write, before any work: `-` (JSON lines on stdout) or a
-    file ending in .csv, .json, .jsonl or .parquet whose folder exists or can be made."""
+    file ending in .csv, .json, .jsonl or .parquet whose folder exists or can be made and takes a
+    file, and never inside the store's own folders (manifest, sources, features, models, reports)."""
     if str(out) == "-":
         return
     out = Path(out)
+    if data_dir is not None:
+        target = out.resolve()
+        for folder in Store(data_dir).own_folders():
+            if target.is_relative_to(folder.resolve()):
+                raise UsageError(f"--out {out} is inside the data dir's {folder.name}/ folder: write it elsewhere")
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise UsageError(f"--out must end in {', '.join(OUTPUT_FORMATS)} (or be - for stdout), got {out.name}")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: give a file name")
     parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or not _takes_a_file(parent):
         raise UsageError(f"--out {out}: cannot write under {parent}")
+
+
+def _takes_a_file(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (os.access says yes to root in /proc and /sys)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".item-out-check-"):
+            return True
+    except OSError:
+        return False
 
 
 def rows_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.engine.config import ConfigError
+from pipeline.engine.config import ConfigError, from_dict, shown
 from pipeline.engine.errors import UsageError
 from pipeline.engine.registry import Registry
 
@@ -63,6 +64,17 @@ class HeadConfig:
             raise ConfigError("fit.features must be both, global or local")
         if self.epochs < 1 or self.batch_size < 1 or self.hidden_dim < 1:
             raise ConfigError("fit.epochs, fit.batch_size and fit.hidden_dim must be >= 1")
+        ranges = {  # (lowest, highest, whether the lowest itself is allowed)
+            "lr": (0.0, 10.0, False), "weight_decay": (0.0, 10.0, True), "lgbm_learning_rate": (0.0, 10.0, False),
+            "logreg_c": (0.0, 1e12, False), "lgbm_n_estimators": (1, 1_000_000, True),
+            "lgbm_num_leaves": (2, 131_072, True),  # LightGBM's own bounds
+            "epochs": (1, 100_000, True), "hidden_dim": (1, 1 << 16, True), "batch_size": (1, 1 << 20, True),
+        }
+        for name, (low, high, closed) in ranges.items():
+            value = getattr(self, name)
+            if not (low <= value <= high if closed else low < value <= high):
+                side = f">= {low:g}" if closed else f"> {low:g}"
+                raise ConfigError(f"fit.{name} must be {side} and at most {high:g}, got {value!r}")
         used = {"both": (self.w1, self.w2), "global": (self.w1,), "local": (self.w2,)}[self.features]
         if all(w == 0 for w in used):
             raise ConfigError(
@@ -298,24 +310,53 @@ def calibrate(head: Head, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, Any
 # --- saving and loading --------------------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a head's config.json; its weights are read by their own formats' readers
+
+
 class FittedHead:
-    """A head loaded from its folder, with its configuration and calibration."""
+    """A head loaded from its folder, with its configuration and calibration.
+
+    A head folder is data, whoever made it: its JSON is checked (types, ranges, no nan or infinity;
+    the pipeline configuration it records is only ever resolved through `resolve_saved`, which never
+    takes files to read or code to run from it), its weights are read with safetensors or LightGBM's
+    text reader only, and nothing in it may be a symbolic link (a link could make loading read
+    files outside the folder). The head is tried once on a vector of its input width, so weights of
+    the wrong shape fail here, in one line, not in the middle of a prediction."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         try:
+            self._check_folder()
             self.config = json.loads((self.directory / CONFIG).read_text())
+            if not isinstance(self.config, dict) or not isinstance(self.config.get("fit"), dict):
+                raise ValueError("config.json must be a mapping with a 'fit' mapping")
             fit = self.config["fit"]
             known = {f.name for f in dataclasses.fields(HeadConfig)}  # the rest says which rows it trained on
-            self.fit_cfg = HeadConfig(**{k: v for k, v in fit.items() if k in known})
-            self.head: Head = HEADS.get(self.config["head"])(self.fit_cfg)
+            self.fit_cfg = from_dict(HeadConfig, {k: v for k, v in fit.items() if k in known}, "fit (head)")
+            self.head: Head = HEADS.get(str(self.config.get("head")))(self.fit_cfg)
+            self.calibration = _calibration(self.config.get("calibration"))
             self.head.load_weights(self.directory)
-        except Exception as e:  # a damaged folder: one line naming it, not a traceback from a reader
+            width = int(self.config.get("in_dim") or (self.config.get("features") or {}).get("in_dim") or 0)
+            if width:
+                zeros = np.zeros((1, width), np.float32)
+                out = self.head.logits(self.features(zeros, zeros))
+                if np.shape(out) != (1,) or not np.isfinite(out).all():
+                    raise ValueError(f"its weights give {np.shape(out)} logits for one input of width {width}")
+        except Exception as e:  # a damaged or hostile folder: one line naming it, not a traceback from a reader
             raise UsageError(
                 f"cannot load the head in {self.directory}: {type(e).__name__}: {str(e)[:200]} "
                 "(delete the folder and run `item fit` to make it again)"
             ) from e
-        self.calibration = self.config.get("calibration") or {"temperature": 1.0, "threshold": 0.5}
+
+    def _check_folder(self) -> None:
+        if self.directory.is_symlink() or not self.directory.is_dir():
+            raise ValueError("not a folder (a head is a folder of config.json and weights)")
+        for entry in self.directory.iterdir():
+            if entry.is_symlink():
+                raise ValueError(f"{entry.name} is a symbolic link: a head folder holds its own files only")
+        config = self.directory / CONFIG
+        if config.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"config.json is {config.stat().st_size} bytes (at most {MAX_CONFIG_BYTES})")
 
     @property
     def name(self) -> str:
@@ -337,6 +378,22 @@ class FittedHead:
     def predict_calibrated(self, x: np.ndarray) -> np.ndarray:
         """P(fake) after temperature scaling fitted on the validation split."""
         return sigmoid(self.head.logits(x) / self.calibration["temperature"])
+
+
+def _calibration(value: Any) -> dict[str, Any]:
+    """A head's calibration, checked: a temperature > 0 and a threshold in [0, 1], finite numbers."""
+    if value is None:
+        return {"temperature": 1.0, "threshold": 0.5}
+    if not isinstance(value, dict):
+        raise ValueError(f"calibration must be a mapping, got {shown(value)}")
+    out = dict(value)
+    for key, default, ok in (("temperature", 1.0, lambda t: t > 0), ("threshold", 0.5, lambda t: 0 <= t <= 1)):
+        v = out.setdefault(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not ok(v):
+            where = "> 0" if key == "temperature" else "in [0, 1]"
+            raise ValueError(f"calibration.{key} must be a finite number {where}, got {shown(v)}")
+        out[key] = float(v)
+    return out
 
 
 def _number(v: Any) -> str:
