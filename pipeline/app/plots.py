@@ -34,7 +34,7 @@ def pr_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "") 
         ylabel="true positive rate",
         title=f"ROC (AUC {100 * roc_auc_score(labels, scores):.1f})",
     )
-    fig.suptitle(title)
+    fig.suptitle(plain(title))
     return _save(fig, path)
 
 
@@ -46,8 +46,9 @@ def generator_bars(results: list[dict[str, Any]], metric: str, path: Path) -> Pa
     width = 0.8 / max(1, len(results))
     for i, r in enumerate(results):
         values = [100 * (r["generators"].get(g, {}).get(metric) or 0) for g in generators]
-        ax.bar(np.arange(len(generators)) + i * width, values, width, label=r["model"])
-    ax.set_xticks(np.arange(len(generators)) + width * (len(results) - 1) / 2, generators, rotation=30, ha="right")
+        ax.bar(np.arange(len(generators)) + i * width, values, width, label=plain(r["model"]))
+    ticks = np.arange(len(generators)) + width * (len(results) - 1) / 2
+    ax.set_xticks(ticks, [plain(g) for g in generators], rotation=30, ha="right")
     ax.set(ylabel=f"{metric.upper()} (%)", ylim=(0, 100))
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -66,8 +67,8 @@ def robustness_lines(table: dict[str, list[tuple[float, float]]], clean: float, 
     return _save(fig, path)
 
 
-def tsne(x: np.ndarray, labels: np.ndarray, generators: list[str], path: Path, seed: int = 0) -> Path:
-    """t-SNE of D (scikit-learn), coloured by real/fake (left) and by generator (right)."""
+def tsne(x: np.ndarray, labels: np.ndarray, generators: list[str], path: Path, seed: int = 0, title: str = "") -> Path:
+    """t-SNE of D (scikit-learn), coloured by real/fake (left) and by generator (right), under `title`."""
     from sklearn.manifold import TSNE
 
     plt = _pyplot()
@@ -82,10 +83,17 @@ def tsne(x: np.ndarray, labels: np.ndarray, generators: list[str], path: Path, s
     gens = np.array(generators, dtype=object)
     for g in sorted(set(generators)):
         sel = gens == g
-        b.scatter(emb[sel, 0], emb[sel, 1], s=8, label=g)
+        b.scatter(emb[sel, 0], emb[sel, 1], s=8, label=plain(g))
     b.set(title="by generator")
     b.legend(fontsize=8)
+    if title:
+        fig.suptitle(plain(title))
     return _save(fig, path)
+
+
+def plain(text: str) -> str:
+    """`text` as matplotlib draws it literally: a `$` in a name would start its mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def _save(fig, path: Path) -> Path:

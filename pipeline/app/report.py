@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 th:first-child,td:first-child{text-align:left}.warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em}
 .note{color:#666;font-size:.9em}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em}
 .card{border:1px solid #ddd;padding:.6em;border-radius:6px}.card img{width:100%}.fake{color:#b00}.real{color:#070}
+.panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:1em}.panels figure{margin:0}
+.panels img{width:100%}
 """
 
 
@@ -52,11 +55,27 @@ def markdown_html(markdown: str) -> str:
     """A table of `pipeline.method.metrics.table` (what the terminal prints: the `n (real/fake)` row,
     cells marked †) as HTML, its footnote as a note below it."""
     lines = markdown.splitlines()
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    rows = [markdown_row(line) for line in lines if line.startswith("|")]
     notes = [line.strip() for line in lines if line.strip() and not line.startswith(("|", "#"))]
     body = [r for r in rows[1:] if not all(set(c) <= set("-:") for c in r)]  # the |---| line left out
     note = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
     return table_html(body, rows[0]) + note if rows else note
+
+
+def markdown_row(line: str) -> list[str]:
+    """The cells of one Markdown table row, as text: split at the pipes that are not backslash-escaped,
+    each escape read as the character it keeps (metrics.markdown_cell's inverse)."""
+    cells, cell, chars = [], [], iter(line.strip())
+    for c in chars:
+        if c == "\\":
+            cell.append(next(chars, "\\"))
+        elif c == "|":
+            cells.append("".join(cell).strip())
+            cell = []
+        else:
+            cell.append(c)
+    cells.append("".join(cell).strip())
+    return cells[1:-1] if len(cells) > 1 else cells  # the text before the first pipe and after the last
 
 
 def metric_table(results: list[dict[str, Any]], metric: str) -> str:
@@ -159,18 +178,7 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
         pooled = f"{head.name}: all {len(labels)} test images pooled"
         parts.append(img_tag(plots.pr_roc(labels, scores, figures / "pr_roc.png", pooled), "PR and ROC curves"))
     parts.append(img_tag(plots.generator_bars([result], "ap", figures / "generators_ap.png"), "AP per generator"))
-    everything = labelled_rows(store, distance_fp)
-    if everything.height > 5:
-        pick = everything.sample(min(everything.height, 1500), seed=0)
-        d = head.features(to_numpy(pick["d_global"]), to_numpy(pick["d_local"]))
-        parts.append(
-            img_tag(
-                plots.tsne(
-                    d, pick["label"].to_numpy(), pick["generator"].fill_null("-").to_list(), figures / "tsne.png"
-                ),
-                "t-SNE of D",
-            )
-        )
+    parts.append(tsne_figures(head, labelled_rows(store, distance_fp), figures))
     robust = robustness(config, store, head)
     if robust:
         parts.append("<h2>Robustness (Fig. 4)</h2>")
@@ -207,6 +215,38 @@ def build(config: PipelineConfig, store: Store, sample: int = 12) -> Path:
     target = reports / "report.html"
     target.write_text(page)
     return target
+
+
+def tsne_figures(head, rows: pl.DataFrame, figures: Path) -> str:
+    """Fig. 9: a t-SNE of D for every image pooled and one per panel generator (its fakes with the reals
+    it is scored against; `evaluation.tsne_panels`), side by side, each titled with its panel."""
+    from pipeline.app import plots
+    from pipeline.method.evaluation import tsne_panels
+    from pipeline.method.rows import to_numpy
+
+    if rows.height <= 5:
+        return ""
+    shown = []
+    for k, (title, panel) in enumerate(tsne_panels(rows).items()):
+        if panel.height <= 5:  # too few points for a t-SNE
+            continue
+        d = head.features(to_numpy(panel["d_global"]), to_numpy(panel["d_local"]))
+        name = "tsne.png" if k == 0 else f"tsne-{k}-{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}.png"
+        heading = "every generator pooled" if title == "all" else title
+        path = plots.tsne(
+            d, panel["label"].to_numpy(), panel["generator"].fill_null("-").to_list(), figures / name, title=heading
+        )
+        n_fake = int(panel["label"].sum())
+        shown.append(
+            f"<figure class='tsne'>{img_tag(path, f't-SNE of D: {heading}')}<figcaption>{html.escape(heading)}: "
+            f"{panel.height} images ({panel.height - n_fake} real / {n_fake} fake)</figcaption></figure>"
+        )
+    note = (
+        "<p class='note'>t-SNE of D (Fig. 9): every image pooled, then per generator its fakes with the reals "
+        "it is scored against (ProGAN, LDM and StarGAN when present, else up to three of the data's own); "
+        "at most 1,500 images a panel, a seeded sample.</p>"
+    )
+    return note + f"<div class='panels'>{''.join(shown)}</div>" if shown else ""
 
 
 def explanations(config: PipelineConfig, store: Store, head, test: pl.DataFrame, scores: np.ndarray, n: int) -> str:

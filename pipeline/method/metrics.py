@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 from typing import Any
 
 import numpy as np
@@ -94,6 +97,23 @@ def mean_over(groups: dict[str, dict[str, Any]], metric: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+# Characters that would end a Markdown table cell (|) or start markup or HTML in it; a name keeps them
+# backslash-escaped (CommonMark's escapes), so a generator named "a|b<c>" stays one cell, as written.
+MARKDOWN_SPECIAL = re.compile(r"([\\|*`\[\]<>])")
+
+
+def markdown_cell(text: object) -> str:
+    """A name as one Markdown table cell: its special characters escaped, its line breaks spaces."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def csv_line(cells: list[str]) -> str:
+    """One CSV line: a cell holding a comma, quote or line break is quoted (RFC 4180)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(cells)
+    return out.getvalue()
+
+
 def table(results: list[dict[str, Any]], metric: str, markdown: bool = True) -> str:
     """Rows = heads (or runs), columns = generators, last column the mean over generators (paper layout).
 
@@ -123,7 +143,10 @@ def table(results: list[dict[str, Any]], metric: str, markdown: bool = True) -> 
         for r in results
     ]
     if not markdown:
-        return "\n".join(",".join(line) for line in [header, *rows])
+        return "\n".join(csv_line(line) for line in [header, *rows])
+    header = [markdown_cell(h) for h in header]
+    for row in rows:
+        row[0] = markdown_cell(row[0])
 
     def count(group: dict[str, Any] | None) -> str:
         if not group or group.get("n") is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.method.metrics import MIN_PER_CLASS, too_few
+from pipeline.method.metrics import MIN_PER_CLASS, markdown_cell, too_few
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.json")
 
@@ -150,7 +150,7 @@ def render_table(table: dict[str, Any]) -> str:
     paper's ITEM row and the difference, then the images each column rests on."""
     metrics, columns, mean = table["metrics"], table["columns"], table["mean"]
     name = "/".join(m.upper() for m in metrics)
-    header = [f"{name} (%)", *(c["column"] for c in columns), table["mean_label"]]
+    header = [f"{name} (%)", *(markdown_cell(c["column"]) for c in columns), markdown_cell(table["mean_label"])]
     star = "*" if mean["partial"] else ""
     rows = [
         ["ITEM (ours)"]
