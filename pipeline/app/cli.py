@@ -407,7 +407,7 @@ def predict(
     score = P(fake) (calibrated), decision, threshold, head, caption, objects with their image-phrase
     cosine, status and error. Broken files get a row with the reason. The summary line names the head."""
     _setup(opts, read_params=False)
-    check_output(out)  # a bad --out fails before any work
+    check_output(out, opts.data_dir)  # a bad --out (or one inside the store's own folders) fails before any work
     head = choose_head(Store(opts.data_dir), model)
     runtime = {"device": opts.device, "batch_size": opts.batch_size}
     with _Bars() as bars:

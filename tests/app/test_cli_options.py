@@ -119,3 +119,18 @@ def _embed_note(status: str) -> str:
     lines = status.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("embed "))
     return next(line.strip() for line in lines[at + 1 :] if "cut to 77 tokens" in line)
+
+
+def test_predict_refuses_an_out_inside_the_stores_own_folders_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "data")
+    images = make_images(tmp_path / "images", n_per_class=1)
+    run_stage("ingest", tiny(), store, inputs=[images])
+    before = {p.name: p.read_bytes() for p in (store.root / "manifest").iterdir()}
+    for out in (str(store.root / "manifest" / "part-x.parquet"), "data/models/../manifest/part-x.parquet"):
+        code, stdout, err = item(monkeypatch, capsys, "predict", str(images), "--out", out, "--data-dir", "data")
+        assert code == 2 and stdout == ""
+        [line] = error_lines(err)
+        assert line == f"error: --out {out} is inside the data dir's manifest/ folder: write it elsewhere"
+    assert {p.name: p.read_bytes() for p in (store.root / "manifest").iterdir()} == before
+    assert not (store.root / "features").exists()  # nothing computed
