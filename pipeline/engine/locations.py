@@ -153,11 +153,16 @@ def member_name(inner: str) -> str:
     return inner
 
 
+CONTAINERS = (".tar", ".zip", ".parquet")
+
+
 def split(location: str) -> tuple[str, str | None]:
-    """(container or file, member or row inside it, or None)."""
+    """(container or file, member or row inside it, or None). The separator only separates after a
+    container (a .tar, .zip or .parquet): `/d/a.png::b.png` is one file, read as one everywhere."""
     if SEP in location:
         outer, inner = location.split(SEP, 1)
-        return outer, inner
+        if os.path.splitext(outer)[1].lower() in CONTAINERS:
+            return outer, inner
     return location, None
 
 

@@ -611,6 +611,8 @@ class Store:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the data dir {self.root} is a file, not a folder: give --data-dir a folder")
 
     @property
     def manifest(self) -> PartDir:

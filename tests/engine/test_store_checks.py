@@ -123,3 +123,9 @@ def test_bytes_replaced_with_size_and_mtime_kept_are_ingested_again_after_a_stag
     assert new_id in manifest.filter(pl.col("path") == str(path))["image_id"].to_list()
     captions = pl.from_arrow(make_stage("caption", tiny(), store).output.read())
     assert captions.filter(pl.col("image_id") == new_id)["status"].to_list() == ["ok"]
+
+
+def test_a_data_dir_that_is_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        Store(tmp_path / "afile")
