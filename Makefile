@@ -74,9 +74,10 @@ gpu-check: ## one GPU, paper profile at full size (random weights): images/s per
 smoke-paper: $(ENV_STAMP) ## paper-size BLIP-2 OPT-2.7B, Grounding DINO base, ViT-L/14 (random weights) from local dirs through every stage; appends to BENCHMARKS.md (2-core CPU: about 3 min, 2.5 when the build is kept; 8.2 GiB RAM; 9.5 GB disk in data/smoke-paper; see docs/datasets.md)
 	$(OFFLINE) PYTHONPATH=$(CURDIR) $(PY) -m benchmarks.smoke
 
-soak: $(ENV_STAMP) ## the kill test and the store's state machine, many more trials and longer sequences (minutes)
-	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 ITEM_SOAK_STATES=300 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q \
-		tests/engine/test_kill.py tests/engine/test_store_state_machine.py
+soak: $(ENV_STAMP) ## the kill test, the store's state machine and the input-tree and config property tests, many more trials (minutes)
+	$(OFFLINE) ITEM_SOAK_TRIALS=25 ITEM_SOAK_IMAGES=600 ITEM_SOAK_STATES=300 ITEM_SOAK_TREES=400 ITEM_SOAK_CONFIGS=200 \
+		PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests/engine/test_kill.py tests/engine/test_store_state_machine.py \
+		tests/stages/test_ingest_property.py tests/engine/test_config_values.py
 
 lint: $(ENV_STAMP) ## ruff, and the layer contract (import-linter: engine never imports stages, no stage imports another)
 	$(PY) -m ruff check pipeline stages tests
