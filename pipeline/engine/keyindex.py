@@ -86,11 +86,16 @@ class KeySet:
         return len(self.codes)
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row order by first word, and the sorted first words (made once, on first use)."""
-        if self._order is None:
-            self._order = np.argsort(self.codes[:, 0], kind="stable")
-            self._first = self.codes[self._order, 0]
-        return self._order, self._first
+        """Row order by first word, and the sorted first words (made once, on first use). Both are
+        made before either is kept: an index is shared by threads (a reader beside a compacting
+        writer), and one must never see the order without its first words."""
+        first = self._first
+        if first is None:
+            order = np.argsort(self.codes[:, 0], kind="stable")
+            first = self.codes[order, 0]
+            self._order = order
+            self._first = first
+        return self._order, first
 
     def contains(self, codes: np.ndarray) -> np.ndarray:
         """Which rows of `codes` are keys of this set (a bool mask)."""

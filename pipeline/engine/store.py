@@ -45,6 +45,7 @@ TABLE_WRITERS = {"manifest": "ingest", "sources": "ingest"}
 
 
 TMP_GLOB = ".part-*.tmp"
+READ_ATTEMPTS = 5  # a reader racing a compaction (parts replaced or removed) reads the folder again
 # Fault injection for the kill tests: seconds to sleep between writing a part's temporary file and
 # renaming it, which widens the window in which a SIGKILL lands mid-write. Unset in normal use.
 WRITE_DELAY_ENV = "ITEM_FAULT_WRITE_DELAY"
@@ -117,7 +118,13 @@ class PartDir:
     def signature(self) -> tuple[tuple[str, int, int], ...]:
         """(path, mtime, size) of each complete part, oldest first: changes whenever a part is written,
         replaced or removed."""
-        return tuple(self._signature(part) for part in self.parts())
+        out = []
+        for part in self.parts():
+            try:
+                out.append(self._signature(part))
+            except FileNotFoundError:  # removed since it was listed (a compaction): not part of the folder
+                continue
+        return tuple(out)
 
     def exists(self) -> bool:
         return bool(self.parts())
@@ -177,7 +184,21 @@ class PartDir:
         a new mtime), so each part's keys are read once per process; a folder's index is rebuilt from
         the cached parts only when its list of parts changed.
         """
+        for _ in range(READ_ATTEMPTS):
+            signature = self.signature()
+            try:
+                index = self._index(signature)
+                self._indexed = signature  # the parts the index's positions refer to
+                return index
+            except StoreError:
+                if self.signature() == signature:
+                    raise  # nothing moved: the part itself is bad
+                # a writer replaced or removed a part meanwhile (ingest compacting the manifest): read again
         signature = self.signature()
+        index, self._indexed = self._index(signature), signature
+        return index
+
+    def _index(self, signature: tuple[tuple[str, int, int], ...]) -> KeyIndex:
         cached = _INDEX_CACHE.get((str(self.path), self.key))
         if cached is not None and cached[0] == signature:
             return cached[1]
@@ -326,12 +347,21 @@ class PartDir:
         """The current row of every key (optionally only `columns` and only the keys in `ids`)."""
         if columns is None and self.schema is not None:
             columns = self.schema.names  # so parts written before a column was added read alike
-        index, chosen = self._chosen(ids)
-        all_parts = self.parts()
-        tables = [
-            self.read_part(all_parts[part], columns).take(pa.array(rows, pa.int64()))
-            for part, rows in index.rows_by_part(chosen)
-        ]
+        for _ in range(READ_ATTEMPTS):
+            index, chosen = self._chosen(ids)
+            indexed = self._indexed
+            parts = [Path(sig[0]) for sig in indexed]
+            try:
+                tables = [
+                    self.read_part(parts[part], columns).take(pa.array(rows, pa.int64()))
+                    for part, rows in index.rows_by_part(chosen)
+                ]
+            except StoreError:
+                if self.signature() == indexed:
+                    raise
+                continue  # a part removed while read: read the folder again
+            if self.signature() == indexed:
+                break  # no part replaced while read: the positions were theirs
         if not tables:
             return self.empty(columns)
         return pa.concat_tables(tables, promote_options="default")
@@ -342,7 +372,7 @@ class PartDir:
         Only parts that hold a wanted row are opened.
         """
         index, chosen = self._chosen(ids)
-        all_parts = self.parts()
+        all_parts = [Path(sig[0]) for sig in self._indexed]  # the parts the index's positions refer to
         pending: list[pa.Table] = []
         n_pending = 0
         for part, rows in index.rows_by_part(chosen):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ def test_a_manifest_part_stamped_by_another_stage_is_refused_unstamped_older_par
 
 HOLDER = """
 import sys, time
+import time
 from pathlib import Path
 from pipeline.engine.store import PartDir
 folder = PartDir(Path(sys.argv[1]))
@@ -129,3 +131,52 @@ def test_a_data_dir_that_is_a_file_is_one_clear_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(StoreError, match="is a file, not a folder"):
         Store(tmp_path / "afile")
+
+
+def test_a_reader_racing_compaction_never_fails_and_never_loses_or_doubles_a_key(tmp_path):
+    """What `item caption` saw while `item ingest` compacted the manifest: `cannot read part file`."""
+    import threading
+
+    import pyarrow as pa
+
+    from pipeline.engine import schemas
+    from pipeline.engine.store import PartDir
+
+    schema = schemas.rows_schema(pa.field("n", pa.int64()))
+    folder = PartDir(tmp_path / "rows", schema)
+    keys = [f"{k:064x}" for k in range(40)]
+
+    def rows(value: int, some: list[str]) -> pa.Table:
+        return pa.table({"image_id": some, "n": [value] * len(some), "status": ["ok"] * len(some),
+                         "error": [None] * len(some)})
+
+    for k in range(0, 40, 10):
+        folder.write(rows(0, keys[k : k + 10]), metadata={"stage": "ingest"})
+    stop, problems = threading.Event(), []
+
+    def writer() -> None:
+        value = 1
+        while not stop.is_set():  # newer rows for some keys, then compaction removes the superseded ones
+            folder.write(rows(value, keys[value % 4 * 10 : value % 4 * 10 + 10]), metadata={"stage": "ingest"})
+            folder.compact()
+            value += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 4
+        reads = 0
+        while time.monotonic() < deadline:
+            try:
+                table = PartDir(tmp_path / "rows", schema).read()
+            except StoreError as e:
+                problems.append(str(e))
+                continue
+            reads += 1
+            ids = table.column("image_id").to_pylist()
+            if sorted(ids) != keys:
+                problems.append(f"{len(ids)} rows, {len(set(ids))} keys")
+    finally:
+        stop.set()
+        thread.join()
+    assert reads > 10 and problems == []
