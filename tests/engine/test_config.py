@@ -154,3 +154,20 @@ def test_the_tiny_builds_version_is_in_tiny_fingerprints_only(tmp_path, monkeypa
     after = {s: make_stage(s, resolve("tiny"), store).fingerprint for s in ("caption", "ground", "embed")}
     assert all(before[s] != after[s] for s in before)  # a new tiny build: no stale tiny rows reused
     assert paper == {s: make_stage(s, resolve("paper"), store).fingerprint for s in ("caption", "ground", "embed")}
+
+
+@pytest.mark.parametrize(
+    "section, values, says",
+    [
+        ("fit", {"logreg_c": -1}, "fit.logreg_c must be > 0"),
+        ("fit", {"lgbm_num_leaves": 0}, "fit.lgbm_num_leaves must be >= 2"),
+        ("fit", {"lr": 0}, "fit.lr must be > 0"),
+        ("ground", {"shortest_edge": 0}, "ground.shortest_edge must be >= 1"),
+        ("caption", {"num_beams": 0}, "caption.num_beams must be 1 to 64"),
+        ("ingest", {"decode_timeout": float("inf")}, "ingest.decode_timeout must be a finite number"),
+    ],
+)
+def test_the_friction_values_are_one_line_each_when_the_config_is_read(section, values, says):
+    with pytest.raises(ConfigError, match=says) as e:
+        resolve("tiny", {section: values})
+    assert "\n" not in str(e.value)

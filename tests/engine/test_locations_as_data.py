@@ -74,6 +74,9 @@ def test_relative_inputs_are_stored_absolute_and_read_from_anywhere(tmp_path, mo
     monkeypatch.chdir("/")
     manifest = every_row_holds_its_own_bytes(store)
     assert manifest.height == 4 and all(locations.split(p)[0].startswith(str(tmp_path)) for p in manifest["path"])
+    monkeypatch.chdir(tmp_path / "P")  # the same files named from another folder: the same locations
+    again = run_stage("ingest", tiny(), store, inputs=["train-00000.parquet", "list.csv"])
+    assert again.todo == 0 and pl.from_arrow(store.manifest.read()).height == 4  # no phantom row
 
 
 def test_a_tar_member_whose_name_is_not_utf8_is_ingested_and_so_are_the_loose_images_beside_it(tmp_path):
