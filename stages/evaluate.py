@@ -3,6 +3,7 @@ write the tables (CSV + Markdown) and metrics.json to reports/, and each head's 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,10 @@ class EvaluateStage(Job):
             inside = model_dir.resolve().is_relative_to(self.store.models.resolve())
         except OSError:
             inside = False
-        return model_dir / "metrics.json" if inside else self.store.reports / "heads" / model_dir.name / "metrics.json"
+        if inside:
+            return model_dir / "metrics.json"
+        where = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:8]  # two outside folders, one name
+        return self.store.reports / "heads" / f"{model_dir.name}-{where}" / "metrics.json"
 
     def _write_reports(self) -> None:
         reports = self.store.reports

@@ -63,8 +63,9 @@ def predict(
     "real" at the calibrated threshold), threshold, head (its folder under models/), caption, objects
     (phrase, box, score, cosine of crop and phrase), status and error. Files that cannot be scored get
     status "error" and the reason. `model`: a head folder or its name under models/ (default: the head
-    the last `item fit` ran, models/LATEST). `params` (default: ./params.yaml when present) gives only
-    the settings a head never supplies: where this machine's models are (see `head_pipeline`).
+    the last `item fit` ran, models/LATEST). `params` (default: ./params.yaml when present; `{}` for
+    none) gives only the settings a head never supplies: where this machine's models are (see
+    `head_pipeline`).
     """
     store = Store(data_dir)
     paths = list(paths)

@@ -411,7 +411,10 @@ def predict(
     head = choose_head(Store(opts.data_dir), model)
     runtime = {"device": opts.device, "batch_size": opts.batch_size}
     with _Bars() as bars:
-        rows = run_predict(inputs, model=head.directory, data_dir=opts.data_dir, progress=bars, runtime=runtime)
+        local = _params(opts.params)  # only where this machine's models are: a head never names files
+        rows = run_predict(
+            inputs, model=head.directory, data_dir=opts.data_dir, progress=bars, runtime=runtime, params=local
+        )
     write_rows(rows, out)
     n_fake = sum(r["decision"] == "fake" for r in rows)
     n_err = sum(r["status"] == "error" for r in rows)

@@ -162,7 +162,7 @@ def run_demo(
         comparison = compare(list(BASELINES), config, store)
         report = build_report(config, store)
     unseen = make_unseen(store.root / UNSEEN)
-    rows = predict([unseen], data_dir=store.root, runtime={"chunk_size": 64})
+    rows = predict([unseen], data_dir=store.root, runtime={"chunk_size": 64}, params={})  # the demo's own models
     out = store.reports / "demo-predictions.csv"
     write_rows(rows, out)
     return DemoRun(evaluated[0][0], comparison, bool(fresh), len(derived), report, unseen, rows, out, computed)

@@ -54,9 +54,9 @@ class RuntimeConfig:
     # Prepare the next batch (decode, preprocess) in a thread while the model runs: auto = on an
     # accelerator only (on a CPU the thread takes cores from the model); on | off to choose.
     prefetch: str = "auto"
-    # Seconds a dask task (a chunk) may take from its submission before its worker is restarted and the
-    # task runs again (at most `retries` times, then the run fails naming it). Tasks queue two deep per
-    # worker: allow about twice a chunk's time. None: no limit.
+    # Seconds without any result from a dask cluster after which the tasks running that long have their
+    # workers restarted and run again (at most `retries` times, then the run fails naming them): cover
+    # one chunk plus a model load. None: no limit.
     task_timeout: float | None = None
 
     def __post_init__(self) -> None:

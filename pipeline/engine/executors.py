@@ -152,18 +152,21 @@ class DaskExecutor:
                 except StopIteration:
                     return
 
+        progress = time.monotonic()  # the last result (or restart): a task's clock starts no earlier
         try:
             fill()
             while running:
                 timeout = None
                 if self.task_timeout is not None:
-                    oldest = min(submitted for _, submitted, _ in running.values())
+                    oldest = max(progress, min(submitted for _, submitted, _ in running.values()))
                     timeout = max(0.0, oldest + self.task_timeout - time.monotonic())
                 try:
                     finished = wait(list(running), timeout=timeout, return_when="FIRST_COMPLETED").done
                 except TimeoutError:
-                    self._restart_stuck(running, submit)
+                    self._restart_stuck(running, submit, progress)
+                    progress = time.monotonic()
                     continue
+                progress = time.monotonic()
                 for future in finished:
                     running.pop(future)
                     result = future.result()
@@ -174,15 +177,21 @@ class DaskExecutor:
             if running:
                 self.client.cancel(list(running))
 
-    def _restart_stuck(self, running: dict[Any, tuple[Any, float, int]], submit: Callable[..., None]) -> None:
-        """Tasks past `task_timeout`: their workers are restarted (a hung read or model call cannot be
-        interrupted otherwise; the nanny starts a fresh process) and the tasks submitted again, up to
-        `retries` times; then the run fails, naming them. A chunk is written atomically or not at
-        all, so running it again loses and duplicates nothing."""
+    def _restart_stuck(
+        self, running: dict[Any, tuple[Any, float, int]], submit: Callable[..., None], progress: float
+    ) -> None:
+        """Tasks with no result from the cluster for `task_timeout` (counted from their submission, the
+        last result or the last restart, whichever is latest: queueing behind a healthy task and model
+        loads are not a hang as long as the value covers a chunk plus a load). Their workers are
+        restarted first (a hung read or model call cannot be interrupted otherwise; the nanny starts
+        a fresh process), then the tasks are submitted again, up to `retries` times; then the run
+        fails, naming them. A chunk is written atomically or not at all: running it again loses and
+        duplicates nothing."""
         now = time.monotonic()
-        stuck = [f for f, (_, submitted, _) in running.items() if now - submitted >= self.task_timeout]
+        stuck = [f for f, (_, submitted, _) in running.items() if now - max(submitted, progress) >= self.task_timeout]
         processing = self.client.processing()
         hosts = {w for w, keys in processing.items() if any(f.key in keys for f in stuck)}
+        again = []
         for future in stuck:
             item, _, timeouts = running.pop(future)
             future.cancel()
@@ -190,10 +199,13 @@ class DaskExecutor:
                 raise TaskTimeoutError(
                     f"a task ran past runtime.task_timeout ({self.task_timeout:g} s) {timeouts + 1} times: {item!r}"
                 )
-            log.warning("a task ran past %g s: restarting its worker and running it again", self.task_timeout)
-            submit(item, timeouts + 1)
+            again.append((item, timeouts + 1))
         if hosts:
             self.client.restart_workers(sorted(hosts))
+        log.warning("%d task(s) without a result for %g s: worker(s) restarted, running them again",
+                    len(again), self.task_timeout)
+        for item, timeouts in again:
+            submit(item, timeouts)
 
     def close(self) -> None:
         self.client.close()

@@ -277,7 +277,7 @@ def sources_from_image_parquet(path: str, frame, dataset: str | None = None) -> 
     where = Path(path)
     for row_number, row in enumerate(frame.iter_rows(named=True)):
         yield Source(
-            f"{path}{locations.SEP}{row_number}",
+            locations.member(path if locations.is_url(path) else locations.of_file(path), str(row_number)),
             _parse_label(row.get("label"), where),
             _str_or_none(row.get("generator")),
             _str_or_none(row.get("dataset")) or dataset or _stem(path),
@@ -391,7 +391,7 @@ def _listed(text: str, base: Any) -> str:
     if locations.is_url(outer) or outer.startswith(locations.FILE_URL) or Path(outer).is_absolute():
         return text
     resolved = str((base / outer).resolve())
-    return resolved if inner is None else f"{resolved}{locations.SEP}{inner}"
+    return locations.of_file(resolved) if inner is None else f"{locations.of_file(resolved)}{locations.SEP}{inner}"
 
 
 IMAGE_COLUMNS_TO_DROP = ["image"]  # the bytes stay in the file: a location is read when needed

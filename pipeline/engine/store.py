@@ -45,7 +45,7 @@ TABLE_WRITERS = {"manifest": "ingest", "sources": "ingest"}
 
 
 TMP_GLOB = ".part-*.tmp"
-READ_ATTEMPTS = 5  # a reader racing a compaction (parts replaced or removed) reads the folder again
+READ_ATTEMPTS = 20  # a reader racing a compaction (parts replaced or removed) reads the folder again
 # Fault injection for the kill tests: seconds to sleep between writing a part's temporary file and
 # renaming it, which widens the window in which a SIGKILL lands mid-write. Unset in normal use.
 WRITE_DELAY_ENV = "ITEM_FAULT_WRITE_DELAY"
@@ -104,10 +104,19 @@ class PartDir:
         key: the key column.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema | None = None, key: str = "image_id") -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema | None = None,
+        key: str = "image_id",
+        owner: tuple[str, str | None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.schema = schema
         self.key = key
+        # Who may write here, as a part's metadata says: (stage, fingerprint) for a feature folder,
+        # (writer, None) for a table (manifest, sources); None: not checked (a folder outside a store).
+        self.owner = owner
 
     def parts(self) -> list[Path]:
         """Complete part files, oldest first (names start with a time stamp)."""
@@ -263,12 +272,14 @@ class PartDir:
         the identity that hashes to its folder's fingerprint, of its folder's stage; a manifest or
         sources part may only name the stage that writes them (parts written before they were
         stamped name none)."""
-        folder = self.path
-        if folder.parent.parent.name == "features":
-            return _foreign(schema, stage=folder.parent.name, fingerprint=folder.name)
+        if self.owner is None:
+            return None
+        stage, fingerprint = self.owner
+        if fingerprint is not None:
+            return _foreign(schema, stage=stage, fingerprint=fingerprint)
         stamped = _written_by(schema)
-        if stamped is not None and stamped != TABLE_WRITERS.get(folder.name, stamped):
-            return f"written by stage {stamped!r}, not by {TABLE_WRITERS[folder.name]}"
+        if stamped is not None and stamped != stage:
+            return f"written by stage {stamped!r}, not by {stage}"
         return None
 
     def current_keys(self) -> pa.Table:
@@ -347,7 +358,9 @@ class PartDir:
         """The current row of every key (optionally only `columns` and only the keys in `ids`)."""
         if columns is None and self.schema is not None:
             columns = self.schema.names  # so parts written before a column was added read alike
+        tables: list[pa.Table] | None = None
         for _ in range(READ_ATTEMPTS):
+            tables = None
             index, chosen = self._chosen(ids)
             indexed = self._indexed
             parts = [Path(sig[0]) for sig in indexed]
@@ -359,9 +372,14 @@ class PartDir:
             except StoreError:
                 if self.signature() == indexed:
                     raise
+                time.sleep(0.01)
                 continue  # a part removed while read: read the folder again
             if self.signature() == indexed:
                 break  # no part replaced while read: the positions were theirs
+            tables = None
+            time.sleep(0.01)  # let the writer finish its rewrite
+        if tables is None:
+            raise StoreError(f"{self.path} kept changing while it was read ({READ_ATTEMPTS} times); run again")
         if not tables:
             return self.empty(columns)
         return pa.concat_tables(tables, promote_options="default")
@@ -527,6 +545,8 @@ def check_parts(root: str | Path, quarantine: bool = False) -> list[tuple[Path, 
                         if target.exists():  # a same-named file quarantined before keeps its place
                             target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
                         os.replace(part, target)
+        except StoreError:  # the lock cannot even be made (a read-only data dir): report, move nothing
+            bad += [(p, r) for p, r in problems]
         except LockedError:
             note = " (left in place: a writer holds this folder now; check again after it)" if quarantine else ""
             bad += [(p, r + note) for p, r in problems if not p.name.startswith(".")]  # its temporaries are live
@@ -546,7 +566,14 @@ def _part_problem(root: Path, part: Path) -> str | None:
         pq.read_table(part, columns=[key])
     except (pa.ArrowInvalid, OSError) as e:
         return f"unreadable Parquet: {e}"
-    return PartDir(part.parent)._foreign_part(schema)
+    rel = part.relative_to(root).parts
+    if len(rel) == 4 and rel[0] == "features":
+        owner: tuple[str, str | None] | None = (rel[1], rel[2])
+    elif len(rel) == 2 and rel[0] in TABLE_WRITERS:
+        owner = (TABLE_WRITERS[rel[0]], None)
+    else:
+        owner = None
+    return PartDir(part.parent, owner=owner)._foreign_part(schema)
 
 
 def _foreign(schema: pa.Schema, stage: str, fingerprint: str) -> str | None:
@@ -646,14 +673,14 @@ class Store:
 
     @property
     def manifest(self) -> PartDir:
-        return PartDir(self.root / "manifest", schemas.MANIFEST)
+        return PartDir(self.root / "manifest", schemas.MANIFEST, owner=(TABLE_WRITERS["manifest"], None))
 
     @property
     def sources(self) -> PartDir:
-        return PartDir(self.root / "sources", schemas.SOURCES, key="path")
+        return PartDir(self.root / "sources", schemas.SOURCES, key="path", owner=(TABLE_WRITERS["sources"], None))
 
     def features(self, stage: str, fingerprint: str, schema: pa.Schema | None = None) -> PartDir:
-        return PartDir(self.root / "features" / stage / fingerprint, schema)
+        return PartDir(self.root / "features" / stage / fingerprint, schema, owner=(stage, fingerprint))
 
     def fingerprints(self, stage: str) -> list[str]:
         """Every fingerprint directory present for a stage (current and older configurations)."""
