@@ -74,23 +74,23 @@ class Switchable(http.server.BaseHTTPRequestHandler):
     hang = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802 (the http.server API)
-        if self.hang.is_set():
-            time.sleep(120)
-            return
-        data = (self.root / self.path.lstrip("/")).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        data = self._answer()
+        if data is not None:
+            self.wfile.write(data)
 
     def do_HEAD(self) -> None:  # noqa: N802
+        self._answer()
+
+    def _answer(self) -> bytes | None:
+        """The status and headers for the file asked for, and its bytes; None once hanging."""
         if self.hang.is_set():
             time.sleep(120)
-            return
+            return None
         data = (self.root / self.path.lstrip("/")).read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        return data
 
     def log_message(self, *args) -> None:
         pass

@@ -44,28 +44,39 @@ class CountingGrounder(TransformersGroundingDino):
         return super()._forward(items, captions)
 
 
+def sized_images(root, sizes, seed: int, n: int = 12) -> None:
+    """`n` random images cycling through `sizes` (width, height), interleaved."""
+    root.mkdir()
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        w, h = sizes[k % len(sizes)]
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"{k:02d}.png")
+
+
+def counted_ground(store: Store, root, config):
+    """Ingest, caption and ground `root` with the counting grounder: (images per model call, the
+    ground stage)."""
+    run_stage("ingest", config, store, inputs=[root])
+    run_stage("caption", config, store)
+    FORWARDS.clear()
+    run_stage("ground", config, store)
+    return list(FORWARDS), make_stage("ground", config, store)
+
+
 def test_chunks_are_batched_by_resized_shape_so_model_calls_are_full(tmp_path):
     """12 images of 3 sizes, interleaved: sorted by the processor's resized shape, batches of 4 are
     3 full model calls; batched in ingest order they would be 12 calls of 1. Rows do not change."""
     root = tmp_path / "sizes"
-    root.mkdir()
-    rng = np.random.default_rng(3)
-    for k in range(12):
-        w, h = [(64, 48), (48, 64), (90, 30)][k % 3]
-        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"{k:02d}.png")
+    sized_images(root, [(64, 48), (48, 64), (90, 30)], seed=3)
     GROUNDERS.register(COUNTING)(CountingGrounder)
     try:
         by_size = {}
         for batch_size in (4, 1):
-            store = Store(tmp_path / f"b{batch_size}")
             config = resolve(
                 "tiny", {"ground": {"backend": COUNTING}}, {"device": "cpu", "batch_size": batch_size, "chunk_size": 12}
             )
-            run_stage("ingest", config, store, inputs=[root])
-            run_stage("caption", config, store)
-            FORWARDS.clear()
-            run_stage("ground", config, store)
-            by_size[batch_size] = (list(FORWARDS), pl.from_arrow(make_stage("ground", config, store).output.read()))
+            calls, stage = counted_ground(Store(tmp_path / f"b{batch_size}"), root, config)
+            by_size[batch_size] = (calls, pl.from_arrow(stage.output.read()))
     finally:
         GROUNDERS.unregister(COUNTING)
     assert by_size[4][0] == [4, 4, 4]
@@ -150,25 +161,16 @@ def test_images_of_nearby_sizes_share_a_model_call_and_keep_their_own_objects(tm
     at pad_multiple 64): one call of 12 padded, 3 calls of 4 unpadded. Padded, an image's objects are
     the same alone (batch 1) as with its 11 mates: the padding depends on its own size only."""
     root = tmp_path / "sizes"
-    root.mkdir()
-    rng = np.random.default_rng(4)
-    for k in range(12):
-        w, h = [(64, 48), (70, 50), (60, 48)][k % 3]
-        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"{k:02d}.png")
+    sized_images(root, [(64, 48), (70, 50), (60, 48)], seed=4)
     GROUNDERS.register(COUNTING)(CountingGrounder)
     try:
         runs, fingerprints = {}, set()
         for pad, batch_size in ((64, 12), (64, 1), (0, 12)):
-            store = Store(tmp_path / f"p{pad}-b{batch_size}")
             ground = {"backend": COUNTING, "shortest_edge": 224, "longest_edge": 320, "pad_multiple": pad}
             config = resolve("tiny", {"ground": ground}, {"device": "cpu", "batch_size": batch_size, "chunk_size": 12})
-            run_stage("ingest", config, store, inputs=[root])
-            run_stage("caption", config, store)
-            FORWARDS.clear()
-            run_stage("ground", config, store)
-            stage = make_stage("ground", config, store)
+            calls, stage = counted_ground(Store(tmp_path / f"p{pad}-b{batch_size}"), root, config)
             fingerprints.add(stage.fingerprint if batch_size == 12 else None)
-            runs[pad, batch_size] = (list(FORWARDS), pl.from_arrow(stage.output.read()).sort("image_id"))
+            runs[pad, batch_size] = (calls, pl.from_arrow(stage.output.read()).sort("image_id"))
     finally:
         GROUNDERS.unregister(COUNTING)
     assert runs[64, 12][0] == [12] and runs[64, 1][0] == [1] * 12
