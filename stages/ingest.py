@@ -21,6 +21,7 @@ from pipeline.engine import locations
 from pipeline.engine.config import ConfigError, knob
 from pipeline.engine.job import Job
 from pipeline.engine.probe import Prober, failed
+from pipeline.engine.resume import error_kinds
 from pipeline.engine.schemas import MANIFEST, SOURCES, STATUS_OK
 from pipeline.engine.sources import LAYOUTS, Source, derived_split, discover
 from pipeline.engine.stage import MANIFEST as MANIFEST_TABLE
@@ -104,7 +105,8 @@ class IngestStage(Job):
         if self.unassigned:
             found = (dataclasses.replace(s, label=None, generator=None, split=None) for s in found)
         unique = list({s.path: s for s in found}.values())
-        kept = [s for s in unique if not self._in_store(s.path)]
+        own = [folder.resolve() for folder in self.store.own_folders()]  # once, not per file
+        kept = [s for s in unique if not self._in_store(s.path, own)]
         if len(kept) < len(unique):
             log.warning(
                 "ingest: %d of the store's own file(s) under %s left out: they are never inputs",
@@ -112,14 +114,16 @@ class IngestStage(Job):
             )
         return kept
 
-    def _in_store(self, location: str) -> bool:
-        """Whether a location is one of the store's own files (its tables, heads, reports, quarantine)."""
+    @staticmethod
+    def _in_store(location: str, own: list[Path]) -> bool:
+        """Whether a location is one of the store's own files (under one of its resolved `own` folders:
+        tables, heads, reports, quarantine)."""
         outer = locations.split(location)[0]
         if locations.is_url(outer):
             return False
         try:
             path = Path(locations.os_path(outer)).resolve()
-            return any(path.is_relative_to(folder.resolve()) for folder in self.store.own_folders())
+            return any(path.is_relative_to(folder) for folder in own)
         except (OSError, ValueError):
             return False
 
@@ -294,17 +298,11 @@ class IngestStage(Job):
                 schema = getattr(STAGES.get(stage), "schema", None)  # a class attribute, or per config (None)
                 folder = self.store.features(stage, fingerprint, schema if isinstance(schema, pa.Schema) else None)
                 try:
-                    index = folder.index()
-                    if index.ok.all():
-                        continue  # no error rows: nothing read
-                    current = index.current()
-                    failed = index.ids(current[~index.ok[current]]).to_pylist()
-                    rows = folder.read(["image_id", "error_kind"], ids=failed)
+                    kinds = error_kinds(folder)
                 except (StoreError, KeyError, pa.ArrowInvalid) as e:  # that stage's own run will say what is wrong
                     log.debug("ingest: %s [%s] not checked for changed files: %s", stage, fingerprint, e)
                     continue
-                found |= {i for i, k in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
-                          if k == "file_changed"}
+                found |= {i for i, k in kinds.items() if k == "file_changed"}
         return found
 
     @staticmethod

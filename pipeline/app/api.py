@@ -41,12 +41,17 @@ def head_pipeline(
     read as data: settings that name files to read or code to run (models, weight files, a text
     encoder, groundingdino-py's config file) come from this machine's `params` (params.yaml), never
     from the head folder; its features fingerprint then says whether the result is the same."""
+    return _saved_pipeline(head, runtime, params)[0]
+
+
+def _saved_pipeline(
+    head: FittedHead, runtime: dict[str, Any] | None, params: dict[str, Any] | None
+) -> tuple[PipelineConfig, list[str]]:
+    """`head_pipeline`, and the head's saved settings it did not use (resolve_saved)."""
     try:
-        config, not_taken = resolve_saved(head.config.get("pipeline"), params, runtime)
+        return resolve_saved(head.config.get("pipeline"), params, runtime)
     except ConfigError as e:
         raise UsageError(f"head {head.name}: its saved configuration is not valid: {e}") from e
-    head.not_taken = not_taken
-    return config
 
 
 def predict(
@@ -71,7 +76,8 @@ def predict(
     paths = list(paths)
     try:  # a path or glob that matches nothing, no fitted head: one UsageError line for a script to print
         head = choose_head(store, model)
-        config = head_pipeline(head, runtime, load_params(Path("params.yaml")) if params is None else params)
+        local = load_params(Path("params.yaml")) if params is None else params
+        config, not_taken = _saved_pipeline(head, runtime, local)
         options = {"ingest": {"inputs": paths, "dataset": "predict", "unassigned": True}}
         sources = make_stage("ingest", config, store, **options["ingest"]).sources()
     except FileNotFoundError as e:
@@ -83,10 +89,9 @@ def predict(
     wanted = {i for i in ids if i is not None}
     distance_fp = make_stage("distance", config, store).fingerprint
     if distance_fp != head.config["features"]["fingerprint"]:
-        local = getattr(head, "not_taken", [])
         why = (
-            f"; it names {', '.join(local)}, which a head never supplies (files to read, code to run): set "
-            "them in your params.yaml if you trust them" if local else ""
+            f"; it names {', '.join(not_taken)}, which a head never supplies (files to read, code to run): "
+            "set them in your params.yaml if you trust them" if not_taken else ""
         )
         raise UsageError(
             f"head {head.name} was trained on distance features {head.config['features']['fingerprint']} "

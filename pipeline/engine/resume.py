@@ -44,19 +44,24 @@ def todo(
     return list(dict.fromkeys(source.ids(np.nonzero(mask)[0]).to_pylist()))
 
 
-def readable_again(out: PartDir, manifest: PartDir) -> list[str]:
-    """Ids whose current row is a read failure whose cause is gone. Costs nothing when there are no
-    error rows; reads the file of each read-failure row (a file still missing stays an error row)."""
+def error_kinds(out: PartDir) -> dict[str, str | None]:
+    """image_id -> error kind of each key whose current row is an error row. Costs nothing (no part
+    read beyond the key index) when there are none."""
     index = out.index()
     if index.ok.all():
-        return []
+        return {}
     current = index.current()
     failed = index.ids(current[~index.ok[current]]).to_pylist()
     if not failed:
-        return []
+        return {}
     kinds = out.read(["image_id", "error_kind"], ids=failed)
-    unread = [i for i, k in zip(*(kinds.column(c).to_pylist() for c in kinds.column_names), strict=True)
-              if k in errors.READ_FAILURES]
+    return dict(zip(*(kinds.column(c).to_pylist() for c in ("image_id", "error_kind")), strict=True))
+
+
+def readable_again(out: PartDir, manifest: PartDir) -> list[str]:
+    """Ids whose current row is a read failure whose cause is gone. Costs nothing when there are no
+    error rows; reads the file of each read-failure row (a file still missing stays an error row)."""
+    unread = [i for i, k in error_kinds(out).items() if k in errors.READ_FAILURES]
     if not unread:
         return []
     paths = manifest.read(["image_id", "path"], ids=unread)

@@ -88,17 +88,31 @@ def pad_to_aspect(image, max_aspect: float = MAX_ASPECT, longest_edge: int | Non
     """
     from PIL import Image
 
-    w, h = image.size
-    if max(w, h) <= max_aspect * min(w, h):
-        return image, (w, h)
-    frame = (w, int(np.ceil(w / max_aspect))) if w > h else (int(np.ceil(h / max_aspect)), h)
-    if longest_edge is not None and max(w, h) > longest_edge:
-        w, h = shrunk(w, h, longest_edge)
-        image = image.resize((w, h), Image.BILINEAR)
-    size = (w, int(np.ceil(w / max_aspect))) if w > h else (int(np.ceil(h / max_aspect)), h)
-    canvas = Image.new("RGB", size)
-    canvas.paste(image, (0, 0))
-    return canvas, frame
+    size, canvas, frame = aspect_sizes(*image.size, longest_edge, max_aspect)
+    if canvas == image.size:
+        return image, frame
+    if size != image.size:
+        image = image.resize(size, Image.BILINEAR)
+    padded = Image.new("RGB", canvas)
+    padded.paste(image, (0, 0))
+    return padded, frame
+
+
+def aspect_sizes(
+    width: int, height: int, longest_edge: int | None = None, max_aspect: float = MAX_ASPECT
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The sizes (width, height) `pad_to_aspect` makes, as numbers: the image's (shrunk when past
+    `longest_edge`), the padded canvas's, and the frame (the padded size in the image's own pixels)."""
+
+    def padded(w: int, h: int) -> tuple[int, int]:
+        return (w, int(np.ceil(w / max_aspect))) if w > h else (int(np.ceil(h / max_aspect)), h)
+
+    if max(width, height) <= max_aspect * min(width, height):
+        return (width, height), (width, height), (width, height)
+    frame = padded(width, height)
+    if longest_edge is not None and max(width, height) > longest_edge:
+        width, height = shrunk(width, height, longest_edge)
+    return (width, height), padded(width, height), frame
 
 
 def shrunk(width: int, height: int, longest_edge: int) -> tuple[int, int]:
@@ -139,12 +153,7 @@ def model_shape(width: int, height: int, shortest_edge: int, longest_edge: int, 
     together; the stage sorts its rows by it so that batches are full calls."""
     from transformers.image_transforms import get_size_with_aspect_ratio
 
-    if max(width, height) > MAX_ASPECT * min(width, height):  # what pad_to_aspect makes of the image
-        if max(width, height) > longest_edge:
-            width, height = shrunk(width, height, longest_edge)
-        long_side = max(width, height)
-        short_side = int(np.ceil(long_side / MAX_ASPECT))
-        width, height = (long_side, short_side) if width > height else (short_side, long_side)
+    _, (width, height), _ = aspect_sizes(width, height, longest_edge)  # what pad_to_aspect makes of it
     h, w = get_size_with_aspect_ratio((height, width), shortest_edge, longest_edge)
     edges = (shortest_edge, longest_edge)
     return padded_side(h, pad_multiple, edges), padded_side(w, pad_multiple, edges)
